@@ -1,0 +1,1 @@
+"""Lathe: model optimization as a service."""

@@ -1,0 +1,179 @@
+"""The ``lathe`` command: serve (embedded default), migrate, api, worker, keys.
+
+Every command resolves the data directory the same way: ``--data-dir`` if given (exported as
+``LATHE_DATA_DIR`` for child processes), else ``LATHE_DATA_DIR``, else ``./lathe-data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import app
+
+
+def _settings(args: argparse.Namespace):
+    if getattr(args, "data_dir", None):
+        os.environ["LATHE_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
+    from app.settings import Settings
+
+    settings = Settings()
+    settings.ensure_dirs()
+    return settings
+
+
+def _alembic_config(settings):
+    from alembic.config import Config
+
+    # A source checkout (pip install -e .) keeps alembic.ini beside app/; an image keeps it in
+    # the working directory.
+    for root in (Path(app.__file__).resolve().parents[1], Path.cwd()):
+        if (root / "alembic.ini").exists():
+            cfg = Config(str(root / "alembic.ini"))
+            cfg.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
+            return cfg
+    raise SystemExit("alembic.ini not found beside the app package or in the current directory")
+
+
+def run_migrations(settings, revision: str = "head", downgrade: bool = False) -> None:
+    from alembic import command
+
+    cfg = _alembic_config(settings)
+    (command.downgrade if downgrade else command.upgrade)(cfg, revision)
+
+
+def migrate(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    revision = getattr(args, "revision", "head")
+    run_migrations(settings, revision)
+    print(f"database at {settings.sqlalchemy_url.split('@')[-1]} migrated to {revision}")
+
+
+def keys_create(args: argparse.Namespace) -> None:
+    from app.db import make_engine, make_sessionmaker, transaction
+    from app.tenants.service import create_key
+
+    settings = _settings(args)
+    if settings.is_embedded:
+        migrate(args)  # the embedded database may not exist yet
+    engine = make_engine(settings.sqlalchemy_url)
+    with transaction(make_sessionmaker(engine)) as s:
+        key = create_key(s, args.tenant)
+    engine.dispose()
+    print(f"API key for tenant {args.tenant!r} (shown once; store it now):")
+    print(key)
+
+
+def api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(args)
+    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
+                log_level=settings.log_level)
+
+
+def worker(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    from workers.celery_app import celery
+
+    queues = args.queues
+    celery.worker_main([
+        "worker", "--queues", queues, "--concurrency", str(args.concurrency or settings.worker_concurrency),
+        "--loglevel", settings.log_level.upper(), "--hostname", f"lathe-{queues.replace(',', '-')}-{os.getpid()}@%h",
+        "--without-gossip", "--without-mingle",
+    ])
+
+
+def _local_key(settings) -> str:
+    """The embedded default's key for tenant 'local', created once and kept in the data dir (0600)."""
+    from app.db import make_engine, make_sessionmaker, transaction
+    from app.tenants.service import create_key, tenant_for_key
+
+    path = settings.resolved_data_dir / "local-api-key"
+    engine = make_engine(settings.sqlalchemy_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+            with transaction(sessions) as s:
+                if tenant_for_key(s, key) is not None:
+                    return key
+        with transaction(sessions) as s:
+            key = create_key(s, "local")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
+    finally:
+        engine.dispose()
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(args)
+    migrate(args)
+    key = _local_key(settings)
+    host, port = args.host or settings.host, args.port or settings.port
+    env = {**os.environ, "LATHE_DATA_DIR": str(settings.resolved_data_dir)}
+    worker_proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu,gpu"], env=env)
+    print(f"Lathe is serving on http://{host}:{port}  (Swagger UI: http://{host}:{port}/docs)")
+    print(f"data directory: {settings.resolved_data_dir}")
+    print(f"API key for tenant 'local' (also in {settings.resolved_data_dir / 'local-api-key'}):")
+    print(key, flush=True)
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
+    finally:
+        if worker_proc.poll() is None:
+            worker_proc.send_signal(signal.SIGTERM)  # warm shutdown: the current job may finish
+            try:
+                worker_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
+                worker_proc.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lathe", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (default: $LATHE_DATA_DIR or ./lathe-data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", parents=[common], help="embedded default: migrate, then run the API and one worker")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(fn=serve)
+
+    p = sub.add_parser("migrate", parents=[common], help="apply database migrations")
+    p.add_argument("--revision", default="head")
+    p.set_defaults(fn=migrate)
+
+    p = sub.add_parser("api", parents=[common], help="run the HTTP API")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(fn=api)
+
+    p = sub.add_parser("worker", parents=[common], help="run a Celery worker")
+    p.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu")
+    p.add_argument("--concurrency", type=int)
+    p.set_defaults(fn=worker)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("create", parents=[common], help="create an API key (printed as the last line)")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(fn=keys_create)
+
+    args = parser.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from fastapi import UploadFile
+from sqlalchemy.orm import Session
+
+from app.datasets.npz import inspect_npz
+from app.records import DatasetRecord, JobRecord, TenantRecord
+from app.repository import get_owned
+from app.settings import Settings
+from app.store import LocalStore
+from app.artifacts import clean_name, delete_stored, ingest
+
+
+def upload(session: Session, store: LocalStore, settings: Settings, tenant: TenantRecord,
+           file: UploadFile, name: str | None) -> DatasetRecord:
+    validate = lambda path: inspect_npz(path, settings.max_dataset_uncompressed_bytes)  # noqa: E731
+    with ingest(store, file, settings.max_dataset_bytes, validate) as (staged, uri, info):
+        record = DatasetRecord(tenant_id=tenant.id, name=clean_name(name, file.filename), size_bytes=staged.size,
+                               sha256=staged.sha256, uri=uri, **info)
+        session.add(record)
+        session.flush()
+    return record
+
+
+def delete(session: Session, store: LocalStore, tenant: TenantRecord, dataset_id: str) -> None:
+    record = get_owned(session, DatasetRecord, tenant.id, dataset_id, "dataset")
+    delete_stored(session, store, record, JobRecord.dataset_id, "dataset")

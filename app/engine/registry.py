@@ -1,0 +1,105 @@
+"""The technique registry: names → classes with typed, frozen params.
+
+This module and every technique module import only pydantic (and the standard library) at the
+top. onnxruntime, onnx, torch are imported inside ``run()``, so the API process can list
+techniques and validate job params without loading them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Device = Literal["cpu", "gpu"]
+
+
+class Params(BaseModel):
+    """Base of every technique's params: frozen, unknown fields refused, JSON round-trip."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TechniqueError(Exception):
+    """A failure the user can act on (bad model for this technique, dataset mismatch...).
+
+    ``type`` is a short slug stored in ``job.error.type``; the message is ``job.error.detail``
+    and must read as advice, not as a traceback.
+    """
+
+    def __init__(self, detail: str, type: str = "technique_error") -> None:
+        super().__init__(detail)
+        self.type = type
+        self.detail = detail
+
+
+class UnsupportedModel(TechniqueError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, type="unsupported_model")
+
+
+class DatasetMismatch(TechniqueError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, type="dataset_mismatch")
+
+
+ProgressFn = Callable[[float, str], None]
+"""progress(fraction in [0, 1], stage name). The worker may raise from it to cancel the job."""
+
+
+@dataclass
+class Context:
+    """Everything a technique run sees. Paths are local files; the worker fetched them."""
+
+    model_path: Path
+    params: Params
+    workdir: Path
+    device: Device = "cpu"
+    dataset_path: Path | None = None
+    progress: ProgressFn = field(default=lambda fraction, stage: None)
+
+
+@dataclass
+class Result:
+    report: dict[str, Any]
+    output_path: Path | None = None  # a new ONNX model written under ctx.workdir, if any
+
+
+class Technique:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[Params]]
+    devices: ClassVar[tuple[Device, ...]] = ("cpu", "gpu")
+    needs_dataset: ClassVar[bool] = False
+    produces_model: ClassVar[bool] = False
+
+    def run(self, ctx: Context) -> Result:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Technique]] = {}
+
+
+def register(cls: type[Technique]) -> type[Technique]:
+    if cls.name in REGISTRY:
+        raise ValueError(f"technique {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Technique]:
+    _load_builtin()
+    return REGISTRY[name]
+
+
+def all_techniques() -> Mapping[str, type[Technique]]:
+    _load_builtin()
+    return REGISTRY
+
+
+def _load_builtin() -> None:
+    # Importing the package registers every built-in technique (each module calls @register).
+    import app.engine.techniques  # noqa: F401

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.errors import problem
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={
+    200: {"content": {"application/json": {"example": {"status": "ready", "database": "ok", "broker": "ok"}}}},
+    503: {"description": "The database or the broker is unreachable (problem+json)."},
+})
+def readyz(request: Request) -> JSONResponse:
+    """The database and the broker are reachable."""
+    checks = {"database": "ok", "broker": "ok"}
+    try:
+        with request.app.state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        with request.app.state.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:
+        checks["broker"] = f"unreachable: {type(exc).__name__}"
+    if all(v == "ok" for v in checks.values()):
+        return JSONResponse({"status": "ready", **checks})
+    return problem(503, "not-ready", "Not ready", "; ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
+                   "/readyz", {"Retry-After": "5"}, **checks)

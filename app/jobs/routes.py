@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from app.deps import CeleryDep, SessionDep, TenantDep
+from app.jobs import service
+from app.jobs.schemas import JobCreate, JobOut, Status
+from app.pagination import Cursor, Limit, Page, paginate
+from app.records import JobRecord
+from app.repository import get_owned
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+ERRORS = {
+    401: {"description": "Missing or invalid API key (problem+json)."},
+    404: {"description": "No such job for this tenant (problem+json)."},
+}
+
+
+@router.post("", status_code=202, response_model=JobOut, responses={
+    422: {"description": "Unknown technique, params not matching its schema (the exact field is named), missing dataset."},
+    **ERRORS,
+})
+def create_job(body: JobCreate, response: Response, tenant: TenantDep, session: SessionDep, celery: CeleryDep) -> JobRecord:
+    """Queue a technique on a model. Params are validated before anything is queued."""
+    job = service.create(session, celery, tenant, body)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+@router.get("", response_model=Page[JobOut], responses=ERRORS)
+def list_jobs(tenant: TenantDep, session: SessionDep, status: Status | None = None, model_id: str | None = None,
+              technique: str | None = None, cursor: Cursor = None, limit: Limit = 50) -> Page[JobOut]:
+    """Jobs of this tenant, newest first, optionally filtered."""
+    stmt = service.list_stmt(tenant, status, model_id, technique)
+    return paginate(session, stmt, JobRecord.id, cursor, limit, JobOut.model_validate)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+def get_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobRecord:
+    return get_owned(session, JobRecord, tenant.id, job_id, "job")
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={409: {"description": "The job already ended."}, **ERRORS})
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobRecord:
+    """Cancel a queued job at once; a running one stops at its next progress check."""
+    return service.cancel(session, tenant, job_id)
+
+
+@router.get("/{job_id}/report", response_model=dict[str, Any], responses={
+    409: {"description": "The job has no report yet."}, **ERRORS,
+})
+def get_report(job_id: str, tenant: TenantDep, session: SessionDep) -> dict[str, Any]:
+    """The job's report (JSON): measurements of the baseline and result, the environment, a verdict."""
+    return service.report(session, tenant, job_id)

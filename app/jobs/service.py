@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from pydantic import ValidationError
+
+from sqlalchemy.orm import Session
+
+from app.db import after_commit
+from app.engine.registry import all_techniques
+from app.errors import Conflict, InvalidInput
+from app.jobs import transitions
+from app.jobs.schemas import TERMINAL, JobCreate
+from app.queue import enqueue_job
+from app.records import DatasetRecord, JobRecord, ModelRecord, TenantRecord
+from app.repository import get_owned, owned
+
+log = logging.getLogger("lathe.jobs")
+
+
+def _params_error(exc: ValidationError) -> InvalidInput:
+    errors = [{"loc": ["body", "params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    first = errors[0]
+    return InvalidInput(f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}", extra={"errors": errors})
+
+
+def _check_dataset_fits(model: ModelRecord, dataset: DatasetRecord) -> None:
+    missing = [i["name"] for i in model.inputs if i["name"] not in dataset.arrays]
+    if missing:
+        raise InvalidInput(
+            f"The dataset has no array for model input(s) {missing}; it has {sorted(dataset.arrays)}. "
+            "Name the .npz arrays after the model's inputs.", extra={"errors": [{"loc": ["body", "dataset_id"]}]})
+
+
+def create(session: Session, celery: Celery, tenant: TenantRecord, body: JobCreate) -> JobRecord:
+    technique = all_techniques().get(body.technique)
+    if technique is None:
+        raise InvalidInput(f"technique: unknown technique {body.technique!r}; known: {sorted(all_techniques())}.",
+                           extra={"errors": [{"loc": ["body", "technique"], "msg": "unknown technique"}]})
+    try:
+        params = technique.Params.model_validate(body.params)
+    except ValidationError as exc:
+        raise _params_error(exc) from None
+    if body.device not in technique.devices:
+        raise InvalidInput(f"device: {body.technique} runs on {list(technique.devices)}, not {body.device!r}.")
+    model = get_owned(session, ModelRecord, tenant.id, body.model_id, "model")
+    dataset = None
+    if body.dataset_id:
+        dataset = get_owned(session, DatasetRecord, tenant.id, body.dataset_id, "dataset")
+        _check_dataset_fits(model, dataset)
+    elif technique.needs_dataset:
+        raise InvalidInput(f"dataset_id: {body.technique} needs a dataset.")
+    job = JobRecord(tenant_id=tenant.id, model_id=model.id, dataset_id=dataset.id if dataset else None,
+                    technique=body.technique, params=params.model_dump(mode="json"), device=body.device,
+                    status="queued", progress=0.0, stage="queued", attempts=0)
+    session.add(job)
+    session.flush()
+    job_id, device = job.id, job.device
+
+    def _enqueue() -> None:
+        # After commit: a rolled-back request never starts a job. If the broker is down the job
+        # stays 'queued' in the database, which is the source of truth.
+        try:
+            enqueue_job(celery, job_id, device)
+        except Exception:
+            log.exception("could not enqueue job %s; it stays queued", job_id)
+
+    after_commit(session, _enqueue)
+    return job
+
+
+def list_stmt(tenant: TenantRecord, status: str | None, model_id: str | None, technique: str | None):
+    stmt = owned(JobRecord, tenant.id)
+    if status:
+        stmt = stmt.where(JobRecord.status == status)
+    if model_id:
+        stmt = stmt.where(JobRecord.model_id == model_id)
+    if technique:
+        stmt = stmt.where(JobRecord.technique == technique)
+    return stmt
+
+
+def cancel(session: Session, tenant: TenantRecord, job_id: str) -> JobRecord:
+    job = get_owned(session, JobRecord, tenant.id, job_id, "job")
+    if job.status in TERMINAL or not transitions.cancel(session, job.id):
+        session.refresh(job)
+        raise Conflict(f"Job {job_id!r} is already {job.status}.")
+    session.refresh(job)
+    return job
+
+
+def report(session: Session, tenant: TenantRecord, job_id: str) -> dict:
+    job = get_owned(session, JobRecord, tenant.id, job_id, "job")
+    if job.report is None:
+        raise Conflict(f"Job {job_id!r} has no report (status: {job.status}).")
+    return job.report
+
+

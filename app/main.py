@@ -1,0 +1,61 @@
+"""The FastAPI application: engines, sessions, store and the Celery client built in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import errors
+from app.datasets.routes import router as datasets_router
+from app.db import make_engine, make_sessionmaker
+from app.health.routes import router as health_router
+from app.jobs.routes import router as jobs_router
+from app.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
+from app.models.routes import router as models_router
+from app.queue import make_celery
+from app.settings import Settings
+from app.store import open_store
+from app.techniques.routes import router as techniques_router
+
+DESCRIPTION = """
+Upload a trained model, run optimization techniques on it (quantization, benchmarking, ...),
+download the result and a report measured against the original in the same run.
+
+Every `/v1` route needs `Authorization: Bearer <api key>` (click **Authorize**). Errors are
+RFC 9457 `application/problem+json`.
+"""
+
+SMALL_BODY = 1024 * 1024  # JSON bodies (jobs) are small
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        engine = make_engine(settings.sqlalchemy_url)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.store = open_store(settings.artifact_root)
+        app.state.celery = make_celery(settings)
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="Lathe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+
+    def limit_for(method: str, path: str) -> int:
+        if method == "POST" and path.rstrip("/") == "/v1/models":
+            return settings.max_model_bytes + MULTIPART_OVERHEAD
+        if method == "POST" and path.rstrip("/") == "/v1/datasets":
+            return settings.max_dataset_bytes + MULTIPART_OVERHEAD
+        return SMALL_BODY
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    for router in (health_router, models_router, datasets_router, techniques_router, jobs_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+
+from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.downloads import file_response
+from app.models import service
+from app.models.schemas import ModelOut
+from app.pagination import Cursor, Limit, Page, paginate
+from app.records import ModelRecord
+from app.repository import get_owned, owned
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ERRORS = {
+    401: {"description": "Missing or invalid API key (problem+json)."},
+    404: {"description": "No such model for this tenant (problem+json)."},
+}
+
+
+@router.post("", status_code=201, response_model=ModelOut, responses={
+    413: {"description": "Larger than `LATHE_MAX_MODEL_BYTES`."},
+    415: {"description": "Not a format Lathe accepts (pickles are always refused)."},
+    422: {"description": "Looks like ONNX but fails `onnx.checker`, or uses external data."},
+    **ERRORS,
+})
+def upload_model(
+    tenant: TenantDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The model file. Format is detected by content: ONNX.")],
+    name: Annotated[str | None, Form(max_length=255, examples=["resnet-digits"])] = None,
+) -> ModelRecord:
+    """Upload a model. It is streamed to disk while hashed, checked, and stored by content."""
+    return service.upload(session, store, settings, tenant, file, name)
+
+
+@router.get("", response_model=Page[ModelOut], responses=ERRORS)
+def list_models(tenant: TenantDep, session: SessionDep, cursor: Cursor = None, limit: Limit = 50) -> Page[ModelOut]:
+    """Models of this tenant, newest first."""
+    return paginate(session, owned(ModelRecord, tenant.id), ModelRecord.id, cursor, limit, ModelOut.model_validate)
+
+
+@router.get("/{model_id}", response_model=ModelOut, responses=ERRORS)
+def get_model(model_id: str, tenant: TenantDep, session: SessionDep) -> ModelRecord:
+    return get_owned(session, ModelRecord, tenant.id, model_id, "model")
+
+
+@router.get("/{model_id}/file", responses={
+    200: {"description": "The model file, streamed; `ETag` is its sha256; `Range` is honoured.",
+          "content": {"application/octet-stream": {}}},
+    206: {"description": "Partial content for a `Range` request."},
+    304: {"description": "`If-None-Match` matched the ETag."},
+    **ERRORS,
+})
+def download_model(model_id: str, request: Request, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
+    record = get_owned(session, ModelRecord, tenant.id, model_id, "model")
+    filename = record.name if record.name.endswith(".onnx") else f"{record.name}.onnx"
+    return file_response(request, store.path(record.uri), record.sha256, filename, "application/octet-stream")
+
+
+@router.delete("/{model_id}", status_code=204, responses={409: {"description": "Jobs still use this model."}, **ERRORS})
+def delete_model(model_id: str, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
+    service.delete(session, store, tenant, model_id)
+    return Response(status_code=204)

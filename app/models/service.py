@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import UploadFile
+from sqlalchemy.orm import Session
+
+from app.models.formats import inspect_model
+from app.records import JobRecord, ModelRecord, TenantRecord
+from app.repository import get_owned
+from app.settings import Settings
+from app.store import LocalStore, Staged
+from app.artifacts import clean_name, delete_stored, ingest
+
+
+def _record(tenant_id: str, name: str, staged: Staged, uri: str, info: dict[str, Any], **lineage: Any) -> ModelRecord:
+    return ModelRecord(
+        tenant_id=tenant_id, name=name, format=info["format"], size_bytes=staged.size, sha256=staged.sha256,
+        uri=uri, inputs=info["inputs"], outputs=info["outputs"], parameter_count=info["parameter_count"],
+        meta={k: info[k] for k in ("opset", "producer", "ir_version") if k in info}, **lineage,
+    )
+
+
+def upload(session: Session, store: LocalStore, settings: Settings, tenant: TenantRecord,
+           file: UploadFile, name: str | None) -> ModelRecord:
+    with ingest(store, file, settings.max_model_bytes, inspect_model) as (staged, uri, info):
+        record = _record(tenant.id, clean_name(name, file.filename), staged, uri, info)
+        session.add(record)
+        session.flush()
+    return record
+
+
+def register_output(session: Session, store: LocalStore, parent: ModelRecord, job_id: str, path: Path, name: str) -> ModelRecord:
+    """Record a model a job wrote. A redelivered job finds the record its first run made."""
+    existing = session.query(ModelRecord).filter_by(job_id=job_id, tenant_id=parent.tenant_id).one_or_none()
+    if existing is not None:
+        return existing
+    staged = store.stage_file(path)
+    info = inspect_model(path)
+    record = _record(parent.tenant_id, name, staged, store.put(staged), info, parent_id=parent.id, job_id=job_id)
+    session.add(record)
+    session.flush()
+    return record
+
+
+def delete(session: Session, store: LocalStore, tenant: TenantRecord, model_id: str) -> None:
+    record = get_owned(session, ModelRecord, tenant.id, model_id, "model")
+    delete_stored(session, store, record, JobRecord.model_id, "model")

@@ -1,0 +1,66 @@
+"""Settings from the environment (prefix ``LATHE_``), one data directory for the embedded default.
+
+Every ``lathe`` command resolves the data directory the same way: ``--data-dir`` (which the CLI
+exports as ``LATHE_DATA_DIR``), else ``LATHE_DATA_DIR``, else ``./lathe-data``. The database,
+broker and artifact store default to places inside it; production overrides them with URLs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LATHE_", extra="ignore")
+
+    data_dir: Path = Field(Path("lathe-data"), description="Holds the embedded database, broker and artifacts.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in the data dir.")
+    broker_url: str | None = Field(None, description="Celery broker; default: filesystem transport in the data dir.")
+    broker_key_prefix: str = Field("", description="Prefix for every Redis key the broker writes (isolates deployments sharing one Redis).")
+    artifacts_dir: Path | None = Field(None, description="Content-addressed artifact folder; default: <data dir>/artifacts.")
+    max_model_bytes: int = Field(1024 * MiB, description="Largest model upload accepted (413 above).")
+    max_dataset_bytes: int = Field(512 * MiB, description="Largest dataset upload accepted (413 above).")
+    max_dataset_uncompressed_bytes: int = Field(2048 * MiB, description="Largest total size of a dataset's arrays once unpacked.")
+    job_soft_time_limit_s: int = Field(3600, description="A job is told to stop after this long.")
+    job_time_limit_s: int = Field(3900, description="A job's process is killed after this long.")
+    worker_concurrency: int = Field(1, description="Jobs one worker process runs at once.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'lathe.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.resolved_data_dir / "broker"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.artifacts_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.database_url is None or self.database_url.startswith("sqlite")
+
+    def ensure_dirs(self) -> None:
+        self.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        if self.celery_broker_url.startswith("filesystem"):
+            for sub in ("queue", "processed"):
+                (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,150 @@
+"""Fixtures that run Lathe for real: migrations, a live database and broker, a `lathe worker`
+process. Each backend is one session-scoped deployment; each test gets its own tenant.
+
+Backends: ``embedded`` (SQLite file + Celery filesystem transport in a temp data dir) and
+``postgres`` (a fresh database on the local PostgreSQL + the local Redis, keys prefixed per run).
+PostgreSQL and Redis must be up: these tests fail rather than skip without them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.cli import run_migrations
+from app.db import make_engine, make_sessionmaker, transaction
+from app.main import create_app
+from app.settings import Settings
+from app.tenants.service import create_key
+
+PG_ADMIN_URL = os.environ.get("LATHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("LATHE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Deployment:
+    name: str
+    settings: Settings
+    env: dict[str, str]
+    client: TestClient
+
+    def new_client(self, tenant: str | None = None) -> httpx.Client:
+        """A client authenticated as a fresh tenant (isolation between tests)."""
+        engine = make_engine(self.settings.sqlalchemy_url)
+        with transaction(make_sessionmaker(engine)) as s:
+            key = create_key(s, tenant or f"t-{uuid.uuid4().hex[:12]}")
+        engine.dispose()
+        return _Authed(self.client, key)
+
+
+class _Authed:
+    """A thin view of the shared TestClient that adds one tenant's key to every request."""
+
+    def __init__(self, client: TestClient, key: str) -> None:
+        self._client, self.key = client, key
+
+    def request(self, method: str, url: str, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.key}", **kw.pop("headers", {})}
+        return self._client.request(method, url, headers=headers, **kw)
+
+    def get(self, url: str, **kw) -> httpx.Response:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw) -> httpx.Response:
+        return self.request("POST", url, **kw)
+
+    def delete(self, url: str, **kw) -> httpx.Response:
+        return self.request("DELETE", url, **kw)
+
+    def wait_job(self, job_id: str, timeout: float = 120, until=("succeeded", "failed", "cancelled")) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in until:
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
+
+
+def _pg_database() -> Iterator[str]:
+    import psycopg
+
+    name = f"lathe_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu,gpu"],
+                                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session", params=["embedded", "postgres"])
+def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
+    data_dir = tmp_path_factory.mktemp(f"lathe-{request.param}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
+    env.update({"LATHE_DATA_DIR": str(data_dir), "LATHE_LOG_LEVEL": "warning",
+                "LATHE_MAX_MODEL_BYTES": str(8 * 1024 * 1024), "LATHE_MAX_DATASET_BYTES": str(8 * 1024 * 1024)})
+    pg = None
+    if request.param == "postgres":
+        pg = _pg_database()
+        env["LATHE_DATABASE_URL"] = next(pg)
+        env["LATHE_BROKER_URL"] = REDIS_URL
+        env["LATHE_BROKER_KEY_PREFIX"] = f"lathe-test-{uuid.uuid4().hex[:8]}:"
+    settings = Settings(**{k[len("LATHE_"):].lower(): v for k, v in env.items() if k.startswith("LATHE_")})
+    run_migrations(settings)
+    worker = _start_worker(env, data_dir / "worker.log")
+    try:
+        with TestClient(create_app(settings)) as client:
+            yield Deployment(request.param, settings, env, client)
+    finally:
+        _stop(worker)
+        if pg is not None:
+            next(pg, None)
+        if worker.returncode not in (0, -15):
+            print((data_dir / "worker.log").read_text()[-5000:])
+
+
+@pytest.fixture
+def api(deployment: Deployment) -> _Authed:
+    return deployment.new_client()
+
+
+@pytest.fixture(scope="session")
+def mlp_onnx(tmp_path_factory) -> Path:
+    """A small MLP (64 → 128 → 10) exported from torch, symbolic batch dimension."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).eval()
+    path = tmp_path_factory.mktemp("models") / "mlp.onnx"
+    torch.onnx.export(model, (torch.randn(2, 64),), str(path), input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    return path
