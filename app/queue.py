@@ -24,6 +24,8 @@ def make_celery(settings: Settings) -> Celery:
             "data_folder_in": folder,
             "data_folder_out": folder,
             "processed_folder": str(settings.broker_folder / "processed"),
+            # Exchange bindings; kombu's default is ./control in the current directory.
+            "control_folder": str(settings.broker_folder / "control"),
             "store_processed": False,
             "polling_interval": 0.1,
         }

@@ -62,5 +62,5 @@ class Settings(BaseSettings):
         self.resolved_data_dir.mkdir(parents=True, exist_ok=True)
         self.artifact_root.mkdir(parents=True, exist_ok=True)
         if self.celery_broker_url.startswith("filesystem"):
-            for sub in ("queue", "processed"):
+            for sub in ("queue", "processed", "control"):
                 (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)

@@ -139,12 +139,30 @@ def api(deployment: Deployment) -> _Authed:
 
 @pytest.fixture(scope="session")
 def mlp_onnx(tmp_path_factory) -> Path:
-    """A small MLP (64 → 128 → 10) exported from torch, symbolic batch dimension."""
+    """A small MLP (64 → 128 → 10) trained on scikit-learn's digits for a second, exported from
+    torch with a symbolic batch dimension. Trained, so its logits mean something to compare."""
     import torch
+    from sklearn.datasets import load_digits
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).eval()
+    digits = load_digits()
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
     path = tmp_path_factory.mktemp("models") / "mlp.onnx"
     torch.onnx.export(model, (torch.randn(2, 64),), str(path), input_names=["x"], output_names=["logits"],
                       dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def digits_x() -> "np.ndarray":
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data / 16.0).astype("float32")

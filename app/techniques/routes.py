@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
+from app.deps import TenantDep
 from app.engine.registry import all_techniques
 
 router = APIRouter(prefix="/v1/techniques", tags=["techniques"])
@@ -30,8 +31,8 @@ class TechniqueList(BaseModel):
     next_cursor: str | None = None
 
 
-@router.get("", response_model=TechniqueList)
-def list_techniques() -> TechniqueList:
+@router.get("", response_model=TechniqueList, responses={401: {"description": "Missing or invalid API key."}})
+def list_techniques(tenant: TenantDep) -> TechniqueList:
     """Every registered technique with the JSON Schema its `params` are validated against."""
     return TechniqueList(items=[
         TechniqueOut(name=name, description=t.description, params_schema=t.Params.model_json_schema(),

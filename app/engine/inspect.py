@@ -1,0 +1,124 @@
+"""Static description of an ONNX file: inputs, outputs, size, opset.
+
+Used by the API at upload time and by the worker when it registers a produced model, so it
+imports onnx (pure protobuf + checker) but never onnxruntime or torch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import GraphProto, TensorProto, helper
+
+from app.engine.registry import UnsupportedModel
+
+
+def inspect_onnx(path: str | Path) -> dict[str, Any]:
+    """Validate ``path`` and describe it; raise UnsupportedModel with advice when unusable."""
+    path = Path(path)
+    try:
+        # Never follow external-data references: they could point anywhere on the worker's disk.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, truncated file, >2 GiB...
+        raise UnsupportedModel(
+            f"the file is not a readable ONNX model ({type(exc).__name__}); upload a single "
+            ".onnx file exported by torch.onnx, tf2onnx or similar"
+        ) from None
+
+    external = [t.name for t in _all_tensors(model.graph) if _is_external(t)]
+    if external:
+        raise UnsupportedModel(
+            f"{len(external)} tensor(s) (e.g. {external[0]!r}) are stored as external data; "
+            "external-data models are not supported, save the model as one file "
+            "(onnx.save_model(model, path, save_as_external_data=False), < 2 GiB)"
+        )
+
+    try:
+        # The path form also works for models close to the 2 GiB protobuf limit.
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UnsupportedModel(f"the ONNX checker rejected the model: {first}") from None
+
+    graph = model.graph
+    init_names = {t.name for t in graph.initializer}
+    init_names.update(s.values.name for s in graph.sparse_initializer)
+    params = sum(_numel(t.dims) for t in graph.initializer)
+    params += sum(_numel(s.dims) for s in graph.sparse_initializer)
+    opset = next(
+        (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
+    )
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
+    return {
+        # Old exporters list weights as graph inputs too; they are not something to feed.
+        "inputs": [_value_info(v) for v in graph.input if v.name not in init_names],
+        "outputs": [_value_info(v) for v in graph.output],
+        "parameter_count": int(params),
+        "opset": opset,
+        "producer": producer,
+        "ir_version": int(model.ir_version),
+        # Top-level graph only; used to explain what a technique can or cannot do.
+        "op_types": dict(sorted(Counter(n.op_type for n in graph.node).items())),
+    }
+
+
+def _numel(dims: Any) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _is_external(tensor: TensorProto) -> bool:
+    return tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL
+
+
+def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Initializers and attribute tensors (Constant nodes...), recursing into subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _value_info(info: onnx.ValueInfoProto) -> dict[str, Any]:
+    kind = info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        # Sequences, maps, optionals: described by kind only; techniques refuse them as inputs.
+        return {"name": info.name, "shape": None, "dtype": kind or "unknown"}
+    ttype = info.type.tensor_type
+    shape: list[int | str | None] | None = None
+    if ttype.HasField("shape"):
+        shape = []
+        for d in ttype.shape.dim:
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                shape.append(d.dim_param)
+            else:
+                shape.append(None)
+    return {"name": info.name, "shape": shape, "dtype": _dtype_name(ttype.elem_type)}
+
+
+def _dtype_name(elem_type: int) -> str:
+    if elem_type == TensorProto.STRING:
+        return "string"
+    try:
+        return str(helper.tensor_dtype_to_np_dtype(elem_type).name)
+    except Exception:  # a type this numpy/onnx pair cannot map: the ONNX name is clear enough
+        return TensorProto.DataType.Name(elem_type).lower()

@@ -1,0 +1,161 @@
+"""What a quantization did to a graph, and an honest verdict on whether it paid off.
+
+Pure Python over onnx protobufs and report dicts; imports onnx only inside functions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# Nodes a quantizer emits. DequantizeLinear alone marks weight-only quantization (Gather).
+QUANT_OPS = frozenset({
+    "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QAttention", "QEmbedLayerNormalization",
+    "QGemm", "QuantizeLinear", "DequantizeLinear",
+})
+# Integer compute nodes: one per float MatMul/Conv/Gemm/... that was replaced.
+INTEGER_COMPUTE_OPS = frozenset({
+    "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
+    "MatMulIntegerToFloat", "QAttention", "QGemm",
+})
+FLOAT_COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "Attention", "LSTM"})
+
+
+def op_counts(path: Path) -> Counter[str]:
+    """Node op types of the model file, subgraphs (If/Loop/Scan bodies) included."""
+    import onnx
+
+    counts: Counter[str] = Counter()
+    stack = [onnx.load(str(path), load_external_data=False).graph]
+    while stack:
+        graph = stack.pop()
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+    return counts
+
+
+def is_quant_op(op: str) -> bool:
+    return op in QUANT_OPS or op.startswith("QLinear")
+
+
+def candidate_ops(looked_for: list[str]) -> set[str]:
+    """Op types the quantizer may touch; it rewrites Gemm to MatMul, so MatMul covers Gemm."""
+    return set(looked_for) | ({"Gemm"} if "MatMul" in looked_for else set())
+
+
+def node_summary(parent: Counter[str], result: Counter[str], looked_for: list[str]) -> dict:
+    """Node counts for the report: what could be quantized, what was, what stayed float."""
+    candidates = candidate_ops(looked_for)
+    compute_before = sum(n for op, n in parent.items() if op in FLOAT_COMPUTE_OPS)
+    compute_left = sum(n for op, n in result.items() if op in FLOAT_COMPUTE_OPS)
+    return {
+        "parent_total": sum(parent.values()),
+        "result_total": sum(result.values()),
+        # Nodes of the looked-for types; only those with constant weights can be quantized.
+        "candidates_in_parent": {op: n for op, n in sorted(parent.items()) if op in candidates},
+        "quantized_ops": {op: n for op, n in sorted(result.items()) if is_quant_op(op)},
+        "float_compute_left": {
+            op: n for op, n in sorted(result.items()) if op in FLOAT_COMPUTE_OPS
+        },
+        # Compared with the parent so an already-quantized (QDQ) parent does not count.
+        "quantized_nodes_added": sum(n for op, n in result.items() if is_quant_op(op))
+        - sum(n for op, n in parent.items() if is_quant_op(op)),
+        # MatMul/Gemm/Conv/... nodes of the parent now running as integer kernels.
+        "compute_quantized": max(0, compute_before - compute_left),
+        "compute_total": compute_before,
+    }
+
+
+def slow_reasons(slow: list[dict], nodes: dict, provider: str) -> list[str]:
+    """Likely, detectable causes for points where the result was not faster."""
+    reasons = []
+    quantized = nodes["quantized_ops"]
+    if provider != "CPUExecutionProvider":
+        reasons.append(
+            f"{provider} has no fast kernels for MatMulInteger/DynamicQuantizeLinear; dynamic "
+            "quantization targets the CPU provider"
+        )
+    elif "ConvInteger" in quantized:
+        reasons.append(
+            "ConvInteger has no fast kernel in onnxruntime's CPU provider and is often slower "
+            "than float Conv; for convolutional models use static (QDQ) quantization, or "
+            "op_types=[\"MatMul\"]"
+        )
+    done, total = nodes["compute_quantized"], nodes["compute_total"]
+    if total and done / total < 0.5:
+        reasons.append(
+            f"only {done} of {total} MatMul/Gemm/Conv nodes were quantized; the rest run in "
+            "float and the added quantize/dequantize nodes cost time"
+        )
+    tiny = [p for p in slow if p["parent_p50_ms"] < 0.2]
+    if tiny:
+        reasons.append(
+            f"the model is very fast already (parent p50 {tiny[0]['parent_p50_ms']} ms at batch "
+            f"{tiny[0]['batch_size']}); quantizing activations at run time costs about as much "
+            "as the int8 matmuls save at this size"
+        )
+    noise = [p for p in slow if p["speedup"] >= 0.97]
+    if noise and len(noise) == len(slow):
+        reasons.append("the slowdown is within 3%, i.e. within measurement noise")
+    return reasons or ["no specific cause detected"]
+
+
+def verdict(comparison: list[dict], size_ratio: float, nodes: dict, provider: str,
+            worst_cos: float | None) -> dict[str, Any]:
+    """faster only if the result's p50 beat the parent's at EVERY measured point."""
+    slow = [p for p in comparison if p["speedup"] <= 1.0]
+    faster, smaller = not slow, size_ratio < 1.0
+    speedups = [p["speedup"] for p in comparison]
+    size_txt = (f"{1 / size_ratio:.1f}x smaller" if smaller
+                else f"not smaller (size ratio {size_ratio:.2f})")
+    if faster:
+        span = (f"{min(speedups):.2f}x" if min(speedups) == max(speedups)
+                else f"{min(speedups):.2f}x to {max(speedups):.2f}x")
+        speed_txt = f"faster at every measured point (speedup {span})"
+        marginal = [p for p in comparison if p["speedup"] < 1.03]
+        if marginal:  # timing noise on a shared CPU is a few percent
+            speed_txt += (", but by under 3% at " + ", ".join(
+                f"bs={p['batch_size']}/threads={p['threads']}" for p in marginal)
+                + ", which is within measurement noise")
+        reasons: list[str] = []
+    else:
+        reasons = slow_reasons(slow, nodes, provider)
+        where = ", ".join(f"bs={p['batch_size']}/threads={p['threads']}: {p['speedup']:.2f}x"
+                          for p in slow)
+        speed_txt = f"NOT faster: slower or equal at {where}; likely because {reasons[0]}"
+    fid_txt = ("" if worst_cos is None
+               else f" Lowest per-sample cosine similarity to the parent: {worst_cos:.4f}.")
+    return {
+        "faster": faster,
+        "smaller": smaller,
+        "min_speedup": min(speedups),
+        "max_speedup": max(speedups),
+        "reasons": reasons,
+        "summary": f"Result is {size_txt}; {speed_txt}.{fid_txt}",
+    }
+
+
+def saturation_note(per_channel: bool, reduce_range: bool, environment: dict,
+                    worst_cos: float | None) -> str | None:
+    """On x86 without VNNI, onnxruntime's int8 matmul uses a u8 x s8 kernel whose int16
+    intermediate saturates when adjacent weights are near the int8 limits. Measured on an
+    AVX2-only EPYC: a default-initialised torch MLP (uniform weights, per-tensor) fell to
+    per-sample cosine 0.954 and came back to 0.9997 with reduce_range; with normal-ish weights
+    (as trained models have) the effect was small and reduce_range cost accuracy instead, so
+    this is advice driven by the measured fidelity, not a default."""
+    features = set(environment.get("cpu_features") or [])
+    vnni = features & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    if reduce_range or "avx2" not in features or vnni:
+        return None
+    if per_channel or (worst_cos is not None and worst_cos < 0.99):
+        return ("this x86 CPU has no VNNI, so onnxruntime's int8 kernels can saturate with "
+                "full-range int8 weights (lowest cosine "
+                f"{'n/a' if worst_cos is None else f'{worst_cos:.4f}'}); if fidelity matters, "
+                "retry with reduce_range=true")
+    return None

@@ -1,0 +1,7 @@
+"""Built-in techniques. Importing this package registers each one (``@register``).
+
+Keep these imports light: the API imports this package to list techniques and validate
+params, so technique modules import only pydantic/stdlib-level code at module top.
+"""
+
+from app.engine.techniques import benchmark, quantize_dynamic  # noqa: F401

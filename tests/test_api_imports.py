@@ -1,0 +1,30 @@
+"""The API process lists techniques and validates params without importing torch or onnxruntime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+SCRIPT = """
+import sys
+from fastapi.testclient import TestClient
+from app.main import create_app
+from app.settings import Settings
+with TestClient(create_app(Settings(data_dir=sys.argv[1]))) as c:
+    assert c.get('/openapi.json').status_code == 200
+    assert c.get('/healthz').status_code == 200
+from app.engine.registry import all_techniques
+for t in all_techniques().values():
+    t.Params()
+    t.Params.model_json_schema()
+heavy = sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules)
+print(heavy)
+"""
+
+
+def test_api_never_imports_torch(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,74 @@
+"""The README's first command, for real: `lathe serve` in a subprocess, then Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.conftest import ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(data_dir) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
+    env["LATHE_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def test_keys_create_prints_key_last(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "acme"],
+                         env=_env(tmp_path / "d"), cwd=ROOT, capture_output=True, text=True, check=True)
+    key = out.stdout.strip().splitlines()[-1]
+    assert key.startswith("lk_") and len(key) > 40
+
+
+def test_serve_then_ctrl_c(tmp_path, mlp_onnx):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+                            env=_env(tmp_path / "elsewhere"), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("lk_")):
+            line = proc.stdout.readline()
+            assert line, "serve exited early:\n" + "".join(lines)
+            lines.append(line.strip())
+        key = lines[-1]
+        assert any(f"http://127.0.0.1:{port}" in line for line in lines)
+        assert (tmp_path / "d" / "lathe.db").exists()  # --data-dir wins over LATHE_DATA_DIR
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                pass
+            assert time.monotonic() < deadline, "API never became ready"
+            time.sleep(0.2)
+        h = {"Authorization": f"Bearer {key}"}
+        m = httpx.post(f"{base}/v1/models", headers=h, files={"file": ("m.onnx", mlp_onnx.read_bytes())}).json()
+        job = httpx.post(f"{base}/v1/jobs", headers=h, json={
+            "model_id": m["id"], "technique": "benchmark", "params": {"batch_sizes": [1], "min_runs": 3, "min_seconds": 0.01}}).json()
+        while (status := httpx.get(f"{base}/v1/jobs/{job['id']}", headers=h).json()["status"]) in ("queued", "running"):
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.2)
+        assert status == "succeeded"  # the worker serve started ran it
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=40)
+    assert rc == 0
+    # The worker child is gone too.
+    ps = subprocess.run(["pgrep", "-f", f"{tmp_path}/d"], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""
