@@ -22,13 +22,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.cli import run_migrations
+from benchmarks.deploy import REDIS_URL, scratch_pg_database
 from app.db import make_engine, make_sessionmaker, transaction
 from app.main import create_app
 from app.settings import Settings
 from app.tenants.service import create_key
 
-PG_ADMIN_URL = os.environ.get("LATHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("LATHE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,16 +77,9 @@ class _Authed:
 
 
 def _pg_database() -> Iterator[str]:
-    import psycopg
-
-    name = f"lathe_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A scratch PostgreSQL database, dropped when the generator is resumed."""
+    with scratch_pg_database() as url:
+        yield url
 
 
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:

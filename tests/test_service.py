@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
@@ -123,18 +124,22 @@ def test_job_validation(api, mlp_onnx, tmp_path):
 
 def test_cancel_running_job(api, mlp_onnx):
     model = upload(api, mlp_onnx).json()
+    # One long measurement point (~20-30 s): cancellation must reach into it, not wait it out.
     r = api.post("/v1/jobs", json={"model_id": model["id"], "technique": "benchmark",
-                                   "params": {"batch_sizes": [1, 2, 3, 4, 5, 6, 7, 8], "min_seconds": 3,
-                                              "max_seconds": 3, "min_runs": 5, "max_runs": 100000}})
+                                   "params": {"batch_sizes": [512], "min_seconds": 30, "max_seconds": 30,
+                                              "min_runs": 5, "max_runs": 100000}})
     job_id = r.json()["id"]
     api.wait_job(job_id, until=("running",), timeout=60)
+    time.sleep(1.5)  # well inside the timed loop
     c = api.post(f"/v1/jobs/{job_id}/cancel")
     assert c.status_code == 200 and c.json()["status"] == "cancelled"
     assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
-    # The worker notices at its next progress check and moves on to the next job.
+    cancelled_at = time.monotonic()
+    # The worker notices within a second or so and moves on to the next job.
     r2 = api.post("/v1/jobs", json={"model_id": model["id"], "technique": "benchmark",
                                     "params": {"batch_sizes": [1], "min_runs": 3, "min_seconds": 0.01}})
     assert api.wait_job(r2.json()["id"], timeout=30)["status"] == "succeeded"
+    assert time.monotonic() - cancelled_at < 10
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "cancelled" and job["output_model_id"] is None
     assert api.get(f"/v1/jobs/{job_id}/report").status_code == 409

@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from app.db import make_engine, make_sessionmaker, transaction
 from app.engine.registry import Context, TechniqueError, get
 from app.jobs import transitions
+from app.jobs.service import referenced_models
 from app.models.service import register_output
 from app.records import DatasetRecord, JobRecord, ModelRecord
 from app.settings import Settings
@@ -54,6 +55,15 @@ def run_job(job_id: str) -> None:
         params = technique_cls.Params.model_validate(job.params)
         model_path = store.path(model.uri)
         dataset_path = store.path(dataset.uri) if dataset else None
+        others = {}
+        for other_id in referenced_models(technique_cls, params):
+            other = s.get(ModelRecord, other_id)
+            if other is None or other.tenant_id != job.tenant_id:
+                transitions.fail(s, job_id, "model_deleted", f"Model {other_id!r} named in the params was deleted.")
+                return
+            others[other_id] = store.path(other.uri)
+        parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
+        parent_path = store.path(parent.uri) if parent else None
         device, model_name = job.device, model.name
 
     last = 0.0
@@ -72,7 +82,7 @@ def run_job(job_id: str) -> None:
     workdir = Path(tempfile.mkdtemp(prefix=f"lathe-job-{job_id}-"))
     try:
         ctx = Context(model_path=model_path, params=params, workdir=workdir, device=device,
-                      dataset_path=dataset_path, progress=progress)
+                      dataset_path=dataset_path, progress=progress, models=others, parent_path=parent_path)
         result = technique_cls().run(ctx)
         with transaction(sessions) as s:
             job = s.get(JobRecord, job_id, with_for_update=True)

@@ -19,6 +19,7 @@ from app.engine.params import MeasureParams
 from app.engine.registry import Device, ProgressFn, TechniqueError, UnsupportedModel
 from app.engine.session import create_session, run_session, short_reason, used_provider
 
+TICK_NS = 500_000_000
 FeedFn = Callable[[Sequence[Mapping[str, Any]], int], dict[str, Any]]
 
 
@@ -30,9 +31,13 @@ def time_runs(
     params: MeasureParams,
     session_create_ms: float | None = None,
     what: str = "generated",
+    tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Warm up, then time ``session.run`` until min_runs and min_seconds are both met
-    (or max_runs / max_seconds is hit). Latency is wall time of one run, outputs included."""
+    (or max_runs / max_seconds is hit). Latency is wall time of one run, outputs included.
+
+    ``tick`` is called about every TICK_NS between runs (outside the timed span): it is how a
+    long point reports that it is alive and learns that its job was cancelled (it may raise)."""
     import numpy as np
 
     deadline = time.perf_counter_ns() + int(params.max_seconds * 1e9)
@@ -44,21 +49,25 @@ def time_runs(
     times: list[int] = []
     timed = 0
     min_ns = int(params.min_seconds * 1e9)
-    try:
-        while True:
-            t0 = time.perf_counter_ns()
+    next_tick = time.perf_counter_ns() + TICK_NS
+    while True:
+        t0 = time.perf_counter_ns()
+        try:
             session.run(None, feed)
-            t1 = time.perf_counter_ns()
-            times.append(t1 - t0)
-            timed += t1 - t0
-            if len(times) >= params.max_runs or t1 >= deadline:
-                break
-            if len(times) >= params.min_runs and timed >= min_ns:
-                break
-    except Exception as exc:  # a later run failing after a good warm-up: still user-facing
-        raise TechniqueError(
-            f"onnxruntime failed during timing ({short_reason(exc)})", type="inference_failed"
-        ) from None
+        except Exception as exc:  # a later run failing after a good warm-up: still user-facing
+            raise TechniqueError(
+                f"onnxruntime failed during timing ({short_reason(exc)})", type="inference_failed"
+            ) from None
+        t1 = time.perf_counter_ns()
+        times.append(t1 - t0)
+        timed += t1 - t0
+        if len(times) >= params.max_runs or t1 >= deadline:
+            break
+        if len(times) >= params.min_runs and timed >= min_ns:
+            break
+        if tick is not None and t1 >= next_tick:
+            tick()  # outside the try: a cancellation raised here must reach the worker as is
+            next_tick = time.perf_counter_ns() + TICK_NS
     ms = np.asarray(times, dtype=np.float64) / 1e6
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
     return {
@@ -113,8 +122,9 @@ def measure_grid(
             if conflict:
                 skipped[batch] = conflict
                 continue
-            progress(span[0] + (span[1] - span[0]) * (step - 1) / total,
-                     f"benchmark bs={batch} threads={threads}")
+            fraction = span[0] + (span[1] - span[0]) * (step - 1) / total
+            stage = f"benchmark bs={batch} threads={threads}"
+            progress(fraction, stage)
             feed = make_feed(specs, batch)
             point: dict[str, Any] = {
                 "batch_size": batch,
@@ -123,7 +133,8 @@ def measure_grid(
             }
             for label, (session, create_ms) in sessions.items():
                 point[label] = time_runs(session, feed, batch_size=batch, params=params,
-                                         session_create_ms=create_ms, what=what)
+                                         session_create_ms=create_ms, what=what,
+                                         tick=lambda: progress(fraction, stage))
             points.append(point)
             del feed
         del sessions, first  # free the sessions' arenas before the next thread count

@@ -60,6 +60,10 @@ class Context:
     device: Device = "cpu"
     dataset_path: Path | None = None
     progress: ProgressFn = field(default=lambda fraction, stage: None)
+    # Other models the params name by id (see Technique.model_params), resolved to local files.
+    models: Mapping[str, Path] = field(default_factory=dict)
+    # The job model's parent (the model it was produced from), when it has one.
+    parent_path: Path | None = None
 
 
 @dataclass
@@ -75,6 +79,9 @@ class Technique:
     devices: ClassVar[tuple[Device, ...]] = ("cpu", "gpu")
     needs_dataset: ClassVar[bool] = False
     produces_model: ClassVar[bool] = False
+    # Names of params fields holding model ids (a str, or a list of str). The API checks the
+    # tenant owns each before queueing; the worker hands their files over in ``ctx.models``.
+    model_params: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: Context) -> Result:  # pragma: no cover - interface
         raise NotImplementedError

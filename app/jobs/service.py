@@ -19,6 +19,15 @@ from app.repository import get_owned, owned
 log = logging.getLogger("lathe.jobs")
 
 
+def referenced_models(technique, params) -> list[str]:
+    """Model ids a technique's params name (e.g. evaluate's reference_model_id)."""
+    ids: list[str] = []
+    for name in technique.model_params:
+        value = getattr(params, name)
+        ids.extend(value if isinstance(value, list) else [value] if value else [])
+    return ids
+
+
 def _params_error(exc: ValidationError) -> InvalidInput:
     errors = [{"loc": ["body", "params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     first = errors[0]
@@ -45,6 +54,8 @@ def create(session: Session, celery: Celery, tenant: TenantRecord, body: JobCrea
     if body.device not in technique.devices:
         raise InvalidInput(f"device: {body.technique} runs on {list(technique.devices)}, not {body.device!r}.")
     model = get_owned(session, ModelRecord, tenant.id, body.model_id, "model")
+    for model_id in referenced_models(technique, params):
+        get_owned(session, ModelRecord, tenant.id, model_id, "model")
     dataset = None
     if body.dataset_id:
         dataset = get_owned(session, DatasetRecord, tenant.id, body.dataset_id, "dataset")
