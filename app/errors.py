@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM = "application/problem+json"
@@ -60,6 +61,10 @@ class Unavailable(LatheError):
     slug, title = "unavailable", "A dependency is unavailable"
 
 
+class TooManyRequests(LatheError):
+    slug, title = "too-many-requests", "Too many requests"
+
+
 STATUS: dict[type[LatheError], int] = {
     NotFound: 404,
     Unauthorized: 401,
@@ -70,6 +75,7 @@ STATUS: dict[type[LatheError], int] = {
     PayloadTooLarge: 413,
     Conflict: 409,
     Unavailable: 503,
+    TooManyRequests: 429,
 }
 
 
@@ -114,6 +120,13 @@ def install(app: FastAPI) -> None:
         phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
         slug = phrase.lower().replace(" ", "-")
         return problem(exc.status_code, slug, phrase, str(exc.detail), request.url.path, dict(exc.headers or {}))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # The pool pre-pings and reconnects: once the database is back, the next request works.
+        return problem(503, "database-unavailable", "Database unavailable",
+                       "The database is unreachable; retry shortly.", request.url.path, {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ from app import errors
 from app.datasets.routes import router as datasets_router
 from app.db import make_engine, make_sessionmaker
 from app.health.routes import router as health_router
+from app.jobs.reaper import Reaper
 from app.jobs.routes import router as jobs_router
 from app.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from app.models.routes import router as models_router
@@ -42,7 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.store = open_store(settings.artifact_root)
         app.state.celery = make_celery(settings)
+        reaper = Reaper(app.state.sessionmaker, app.state.celery, settings)
+        if settings.reaper_interval_s > 0:
+            reaper.start()
         yield
+        if reaper.is_alive():
+            reaper.stop()
         engine.dispose()
 
     app = FastAPI(title="Lathe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)

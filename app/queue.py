@@ -5,6 +5,8 @@ The API enqueues by task *name* with the job id only; it never imports worker co
 
 from __future__ import annotations
 
+import json
+
 from celery import Celery
 from kombu import Queue
 
@@ -41,8 +43,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,  # jobs are long: don't hoard them
         task_queues=[Queue(q, routing_key=q) for q in QUEUES],
         task_default_queue="cpu",
-        task_soft_time_limit=settings.job_soft_time_limit_s,
-        task_time_limit=settings.job_time_limit_s,
+        # Time limits are enforced by the job's guard (workers/guard.py): the soft one stops the
+        # job at its next progress check, the hard one records "timeout" and ends the process.
+        # Celery's own hard limit is only a backstop behind it.
+        task_time_limit=settings.job_time_limit_s + 60,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
@@ -50,4 +54,45 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def enqueue_job(celery: Celery, job_id: str, device: str) -> None:
-    celery.send_task(RUN_JOB, args=[job_id], queue=device, routing_key=device)
+    # task_id = job id: the broker's copy of a job can be recognised (see broker_job_ids).
+    celery.send_task(RUN_JOB, args=[job_id], queue=device, routing_key=device, task_id=job_id)
+
+
+def broker_job_ids(settings: Settings) -> set[str]:
+    """Ids of the jobs the broker holds: waiting in a queue, or delivered and not yet acked.
+
+    The database is the source of truth; this is how the reaper finds queued jobs whose message
+    the broker lost (Redis restarted empty, a send that failed after commit).
+    """
+    url = settings.celery_broker_url
+    messages: list[str] = []
+    if url.startswith("filesystem"):
+        folder = settings.broker_folder / "queue"
+        for path in folder.glob("*.msg"):
+            try:
+                messages.append(path.read_text())
+            except OSError:  # consumed between listing and reading
+                continue
+    elif url.startswith("redis"):
+        import redis
+
+        prefix = settings.broker_key_prefix
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        try:
+            for queue in QUEUES:
+                messages += [m.decode() for m in client.lrange(f"{prefix}{queue}", 0, -1)]
+            messages += [v.decode() for v in client.hvals(f"{prefix}unacked")]
+        finally:
+            client.close()
+    else:
+        raise NotImplementedError(f"cannot list messages on broker {url.split(':')[0]}")
+    ids = set()
+    for raw in messages:
+        try:
+            message = json.loads(raw)
+            if isinstance(message, list):  # unacked entries are [message, exchange, routing_key]
+                message = message[0]
+            ids.add(message["headers"]["id"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+    return ids

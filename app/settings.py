@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     job_soft_time_limit_s: int = Field(3600, description="A job is told to stop after this long.")
     job_time_limit_s: int = Field(3900, description="A job's process is killed after this long.")
     worker_concurrency: int = Field(1, description="Jobs one worker process runs at once.")
+    job_memory_limit_bytes: int = Field(8 * 1024 * MiB, description="A job whose process grows past this RSS is stopped and failed.")
+    max_active_jobs_per_tenant: int = Field(20, description="Queued + running jobs one tenant may have (429 above).")
+    max_job_attempts: int = Field(3, description="Times a job is started before a lost worker fails it for good.")
+    heartbeat_interval_s: float = Field(2.0, description="How often a running job writes its heartbeat.")
+    heartbeat_timeout_s: float = Field(60.0, description="A running job whose heartbeat is older than this lost its worker.")
+    reaper_interval_s: float = Field(15.0, description="How often the API re-queues lost jobs and re-sends jobs the broker lost.")
+    redispatch_after_s: float = Field(10.0, description="A queued job unknown to the broker for this long is sent again.")
+    cancel_grace_s: float = Field(10.0, description="A cancelled job that has not stopped by itself after this long is killed.")
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

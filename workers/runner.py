@@ -1,19 +1,21 @@
 """Run one job: load the row, fetch inputs from the store, call the engine, store outputs.
 
 Status changes go through app.jobs.transitions only. The engine never sees the database: it
-gets local paths and a progress callback, which is also how cancellation reaches it.
+gets local paths and a progress callback, which is also how cancellation reaches it. A guard
+thread (workers.guard) heartbeats and enforces cancellation, memory and time limits.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
-from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.db import make_engine, make_sessionmaker, transaction
 from app.engine.registry import Context, TechniqueError, get
@@ -23,13 +25,23 @@ from app.models.service import register_output
 from app.records import DatasetRecord, JobRecord, ModelRecord
 from app.settings import Settings
 from app.store import open_store
+from workers.guard import JobGuard
 
 log = logging.getLogger("lathe.worker")
 PROGRESS_INTERVAL_S = 1.0
+DB_RETRY_S = 300.0
+T = TypeVar("T")
 
 
-class JobCancelled(Exception):
-    pass
+class JobStopped(BaseException):
+    """Raised from the progress callback to stop a job (cancelled, or past its soft time limit).
+
+    A BaseException, like KeyboardInterrupt: engine code that turns library errors into user
+    errors with ``except Exception`` must not swallow it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @cache
@@ -39,75 +51,109 @@ def _resources():
     return settings, make_sessionmaker(make_engine(settings.sqlalchemy_url)), open_store(settings.artifact_root)
 
 
-def run_job(job_id: str) -> None:
-    settings, sessions, store = _resources()
-    with transaction(sessions) as s:
-        if not transitions.start(s, job_id):
-            log.info("job %s is not queued (cancelled or finished); skipping", job_id)
-            return
-        job = s.get(JobRecord, job_id)
-        model = s.get(ModelRecord, job.model_id) if job.model_id else None
-        dataset = s.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
-        if model is None:
-            transitions.fail(s, job_id, "model_deleted", "The job's model was deleted before the job ran.")
-            return
-        technique_cls = get(job.technique)
-        params = technique_cls.Params.model_validate(job.params)
-        model_path = store.path(model.uri)
-        dataset_path = store.path(dataset.uri) if dataset else None
-        others = {}
-        for other_id in referenced_models(technique_cls, params):
-            other = s.get(ModelRecord, other_id)
-            if other is None or other.tenant_id != job.tenant_id:
-                transitions.fail(s, job_id, "model_deleted", f"Model {other_id!r} named in the params was deleted.")
-                return
-            others[other_id] = store.path(other.uri)
-        parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
-        parent_path = store.path(parent.uri) if parent else None
-        device, model_name = job.device, model.name
+def _db(sessions, fn: Callable, *args) -> T:
+    """Run fn(session, *args) in a transaction, retrying while the database is unreachable:
+    a result computed for minutes is not thrown away because PostgreSQL restarted."""
+    delay, deadline = 0.5, time.monotonic() + DB_RETRY_S
+    while True:
+        try:
+            with transaction(sessions) as s:
+                return fn(s, *args)
+        except (OperationalError, InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database unreachable; retrying in %.1f s", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
+
+def _load(s, job_id: str):
+    if not transitions.start(s, job_id):
+        return None  # cancelled, finished, or already running elsewhere: a duplicate message
+    job = s.get(JobRecord, job_id)
+    model = s.get(ModelRecord, job.model_id) if job.model_id else None
+    if model is None:
+        transitions.fail(s, job_id, "model_deleted", "The job's model was deleted before the job ran.")
+        return None
+    store = _resources()[2]
+    technique_cls = get(job.technique)
+    params = technique_cls.Params.model_validate(job.params)
+    others = {}
+    for other_id in referenced_models(technique_cls, params):
+        other = s.get(ModelRecord, other_id)
+        if other is None or other.tenant_id != job.tenant_id:
+            transitions.fail(s, job_id, "model_deleted", f"Model {other_id!r} named in the params was deleted.")
+            return None
+        others[other_id] = store.path(other.uri)
+    dataset = s.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
+    parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
+    ctx = Context(model_path=store.path(model.uri), params=params, workdir=Path(), device=job.device,
+                  dataset_path=store.path(dataset.uri) if dataset else None, models=others,
+                  parent_path=store.path(parent.uri) if parent else None)
+    return technique_cls, ctx, model.name
+
+
+def _finish(s, job_id: str, result, model_name: str) -> None:
+    job = s.get(JobRecord, job_id, with_for_update=True)
+    if job is None or job.status != "running":
+        return  # cancelled while finishing: keep no output
+    output_id = None
+    if result.output_path is not None:
+        parent = s.get(ModelRecord, job.model_id)
+        stem = model_name.removesuffix(".onnx")
+        output_id = register_output(s, _resources()[2], parent, job_id, result.output_path,
+                                    f"{stem}.{job.technique}.onnx").id
+    transitions.succeed(s, job_id, result.report, output_id)
+
+
+def run_job(job_id: str) -> None:
+    settings, sessions, _store = _resources()
+    loaded = _db(sessions, _load, job_id)
+    if loaded is None:
+        log.info("job %s is not queued (cancelled, finished or a duplicate); skipping", job_id)
+        return
+    technique_cls, ctx, model_name = loaded
+    workdir = settings.resolved_data_dir / "work" / job_id
+    shutil.rmtree(workdir, ignore_errors=True)  # left by an earlier attempt whose worker died
+    workdir.mkdir(parents=True)
+    ctx.workdir = workdir
+
+    def fail(type: str, detail: str) -> None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        _db(sessions, transitions.fail, job_id, type, detail)
+
+    guard = JobGuard(job_id, interval=settings.heartbeat_interval_s, cancel_grace=settings.cancel_grace_s,
+                     memory_limit=settings.job_memory_limit_bytes, soft_time_limit=settings.job_soft_time_limit_s,
+                     time_limit=settings.job_time_limit_s,
+                     heartbeat=lambda: _db(sessions, transitions.heartbeat, job_id), fail=fail,
+                     cleanup=lambda: shutil.rmtree(workdir, ignore_errors=True))
     last = 0.0
 
     def progress(fraction: float, stage: str) -> None:
         nonlocal last
+        if guard.stop_reason:
+            raise JobStopped(guard.stop_reason)
         now = time.monotonic()
         if now - last < PROGRESS_INTERVAL_S and fraction < 1.0:
             return
         last = now
-        with transaction(sessions) as s:
-            still_running = transitions.report_progress(s, job_id, fraction, stage)
-        if not still_running:
-            raise JobCancelled
+        if not _db(sessions, transitions.report_progress, job_id, fraction, stage):
+            raise JobStopped("cancelled")
 
-    workdir = Path(tempfile.mkdtemp(prefix=f"lathe-job-{job_id}-"))
+    ctx.progress = progress
     try:
-        ctx = Context(model_path=model_path, params=params, workdir=workdir, device=device,
-                      dataset_path=dataset_path, progress=progress, models=others, parent_path=parent_path)
-        result = technique_cls().run(ctx)
-        with transaction(sessions) as s:
-            job = s.get(JobRecord, job_id, with_for_update=True)
-            if job is None or job.status != "running":
-                return  # cancelled while finishing: keep no output
-            output_id = None
-            if result.output_path is not None:
-                parent = s.get(ModelRecord, job.model_id)
-                stem = model_name.removesuffix(".onnx")
-                out = register_output(s, store, parent, job_id, result.output_path, f"{stem}.{job.technique}.onnx")
-                output_id = out.id
-            transitions.succeed(s, job_id, result.report, output_id)
-    except JobCancelled:
-        log.info("job %s cancelled", job_id)
+        with guard:
+            result = technique_cls().run(ctx)
+        _db(sessions, _finish, job_id, result, model_name)
+    except JobStopped as stop:
+        if stop.reason == "timeout":
+            fail("timeout", f"The job ran past its time limit of {settings.job_soft_time_limit_s} s and was stopped.")
+        else:
+            log.info("job %s cancelled", job_id)
     except TechniqueError as exc:
-        _fail(sessions, job_id, exc.type, exc.detail)
-    except SoftTimeLimitExceeded:
-        _fail(sessions, job_id, "timeout", f"The job ran past its time limit of {settings.job_soft_time_limit_s} s.")
+        fail(exc.type, exc.detail)
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        _fail(sessions, job_id, "internal_error", f"{type(exc).__name__}: {str(exc)[:500]}")
+        fail("internal_error", f"{type(exc).__name__}: {str(exc)[:500]}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _fail(sessions, job_id: str, type: str, detail: str) -> None:
-    with transaction(sessions) as s:
-        transitions.fail(s, job_id, type, detail)

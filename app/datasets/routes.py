@@ -1,18 +1,21 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from app.datasets import service
 from app.datasets.schemas import DatasetOut
+from app import idempotency
 from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.downloads import file_response
+from app.idempotency import IdempotencyKey
 from app.pagination import Cursor, Limit, Page, paginate
 from app.records import DatasetRecord
 from app.repository import get_owned, owned
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+ROUTE_CREATE = "POST /v1/datasets"
 
 ERRORS = {
     401: {"description": "Missing or invalid API key (problem+json)."},
@@ -30,9 +33,14 @@ def upload_dataset(
     tenant: TenantDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
     file: Annotated[UploadFile, File(description="An .npz whose arrays are named after the model's inputs, plus an optional `labels` array.")],
     name: Annotated[str | None, Form(max_length=255, examples=["digits-val"])] = None,
-) -> DatasetRecord:
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     """Upload a dataset for calibration, evaluation or benchmarking. Only array headers are read to validate it."""
-    return service.upload(session, store, settings, tenant, file, name)
+    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE):
+        return cached
+    record = service.upload(session, store, settings, tenant, file, name)
+    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, 201, DatasetOut.model_validate(record))
+    return record
 
 
 @router.get("", response_model=Page[DatasetOut], responses=ERRORS)

@@ -4,7 +4,9 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from app.deps import CeleryDep, SessionDep, TenantDep
+from app import idempotency
+from app.deps import CeleryDep, SessionDep, SettingsDep, TenantDep
+from app.idempotency import IdempotencyKey
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobOut, Status
 from app.pagination import Cursor, Limit, Page, paginate
@@ -12,6 +14,7 @@ from app.records import JobRecord
 from app.repository import get_owned
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ROUTE_CREATE = "POST /v1/jobs"
 
 ERRORS = {
     401: {"description": "Missing or invalid API key (problem+json)."},
@@ -21,12 +24,18 @@ ERRORS = {
 
 @router.post("", status_code=202, response_model=JobOut, responses={
     422: {"description": "Unknown technique, params not matching its schema (the exact field is named), missing dataset."},
+    429: {"description": "The tenant has too many queued or running jobs; see Retry-After."},
     **ERRORS,
 })
-def create_job(body: JobCreate, response: Response, tenant: TenantDep, session: SessionDep, celery: CeleryDep) -> JobRecord:
+def create_job(body: JobCreate, response: Response, tenant: TenantDep, session: SessionDep, celery: CeleryDep,
+               settings: SettingsDep, idempotency_key: IdempotencyKey = None) -> Any:
     """Queue a technique on a model. Params are validated before anything is queued."""
-    job = service.create(session, celery, tenant, body)
+    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE):
+        return cached
+    job = service.create(session, celery, settings, tenant, body)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, 202, JobOut.model_validate(job),
+                         {"Location": response.headers["Location"]})
     return job
 
 

@@ -5,16 +5,18 @@ import logging
 from celery import Celery
 from pydantic import ValidationError
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db import after_commit
+from app.db import after_commit, utcnow
 from app.engine.registry import all_techniques
-from app.errors import Conflict, InvalidInput
+from app.errors import Conflict, InvalidInput, TooManyRequests
 from app.jobs import transitions
 from app.jobs.schemas import TERMINAL, JobCreate
 from app.queue import enqueue_job
 from app.records import DatasetRecord, JobRecord, ModelRecord, TenantRecord
 from app.repository import get_owned, owned
+from app.settings import Settings
 
 log = logging.getLogger("lathe.jobs")
 
@@ -42,7 +44,7 @@ def _check_dataset_fits(model: ModelRecord, dataset: DatasetRecord) -> None:
             "Name the .npz arrays after the model's inputs.", extra={"errors": [{"loc": ["body", "dataset_id"]}]})
 
 
-def create(session: Session, celery: Celery, tenant: TenantRecord, body: JobCreate) -> JobRecord:
+def create(session: Session, celery: Celery, settings: Settings, tenant: TenantRecord, body: JobCreate) -> JobRecord:
     technique = all_techniques().get(body.technique)
     if technique is None:
         raise InvalidInput(f"technique: unknown technique {body.technique!r}; known: {sorted(all_techniques())}.",
@@ -62,9 +64,15 @@ def create(session: Session, celery: Celery, tenant: TenantRecord, body: JobCrea
         _check_dataset_fits(model, dataset)
     elif technique.needs_dataset:
         raise InvalidInput(f"dataset_id: {body.technique} needs a dataset.")
+    active = session.scalar(select(func.count()).select_from(JobRecord).where(
+        JobRecord.tenant_id == tenant.id, JobRecord.status.in_(("queued", "running"))))
+    if active >= settings.max_active_jobs_per_tenant:
+        raise TooManyRequests(f"This tenant already has {active} queued or running jobs (limit "
+                              f"{settings.max_active_jobs_per_tenant}); retry when some have finished.",
+                              headers={"Retry-After": "30"})
     job = JobRecord(tenant_id=tenant.id, model_id=model.id, dataset_id=dataset.id if dataset else None,
                     technique=body.technique, params=params.model_dump(mode="json"), device=body.device,
-                    status="queued", progress=0.0, stage="queued", attempts=0)
+                    status="queued", progress=0.0, stage="queued", attempts=0, dispatched_at=utcnow())
     session.add(job)
     session.flush()
     job_id, device = job.id, job.device

@@ -22,10 +22,25 @@ def _move(session: Session, job_id: str, allowed: tuple[str, ...], **values: Any
 
 
 def start(session: Session, job_id: str) -> bool:
-    """queued → running. A job already 'running' is a redelivery after a lost worker: run it again."""
+    """queued → running. Only from queued: a duplicate or redelivered message for a job that is
+    running (or over) is a no-op. A job whose worker died is put back to queued by the reaper."""
     now = utcnow()
-    return _move(session, job_id, ("queued", "running"), status="running", started_at=now, heartbeat_at=now,
+    return _move(session, job_id, ("queued",), status="running", started_at=now, heartbeat_at=now,
                  attempts=JobRecord.attempts + 1, progress=0.0, stage="starting", error=None)
+
+
+def heartbeat(session: Session, job_id: str) -> bool:
+    """Returns False when the job is no longer running (cancelled, or reaped)."""
+    return _move(session, job_id, ("running",), heartbeat_at=utcnow())
+
+
+def requeue(session: Session, job_id: str, why: str) -> bool:
+    """running → queued, for a job whose worker was lost (its heartbeat lapsed)."""
+    return _move(session, job_id, ("running",), status="queued", stage=why[:200], progress=0.0, heartbeat_at=None)
+
+
+def dispatched(session: Session, job_id: str) -> bool:
+    return _move(session, job_id, ("queued",), dispatched_at=utcnow())
 
 
 def report_progress(session: Session, job_id: str, progress: float, stage: str) -> bool:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
+from app import idempotency
 from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.downloads import file_response
+from app.idempotency import IdempotencyKey
 from app.models import service
 from app.models.schemas import ModelOut
 from app.pagination import Cursor, Limit, Page, paginate
@@ -13,6 +15,7 @@ from app.records import ModelRecord
 from app.repository import get_owned, owned
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+ROUTE_CREATE = "POST /v1/models"
 
 ERRORS = {
     401: {"description": "Missing or invalid API key (problem+json)."},
@@ -30,9 +33,14 @@ def upload_model(
     tenant: TenantDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The model file. Format is detected by content: ONNX.")],
     name: Annotated[str | None, Form(max_length=255, examples=["resnet-digits"])] = None,
-) -> ModelRecord:
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     """Upload a model. It is streamed to disk while hashed, checked, and stored by content."""
-    return service.upload(session, store, settings, tenant, file, name)
+    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE):
+        return cached
+    record = service.upload(session, store, settings, tenant, file, name)
+    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, 201, ModelOut.model_validate(record))
+    return record
 
 
 @router.get("", response_model=Page[ModelOut], responses=ERRORS)
