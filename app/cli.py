@@ -74,14 +74,19 @@ def api(args: argparse.Namespace) -> None:
     from app.main import create_app
 
     settings = _settings(args)
-    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
-                log_level=settings.log_level)
+    host, port = args.host or settings.host, args.port or settings.port
+    if args.processes > 1:  # each process builds its own app from the environment
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=args.processes,
+                    log_level=settings.log_level)
+    else:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
 
 
 def worker(args: argparse.Namespace) -> None:
     settings = _settings(args)
     from workers.celery_app import celery
 
+    os.nice(settings.worker_nice)  # inherited by the pool's children
     queues = args.queues
     celery.worker_main([
         "worker", "--queues", queues, "--concurrency", str(args.concurrency or settings.worker_concurrency),
@@ -159,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("api", parents=[common], help="run the HTTP API")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--processes", type=int, default=1, help="uvicorn worker processes (default 1)")
     p.set_defaults(fn=api)
 
     p = sub.add_parser("worker", parents=[common], help="run a Celery worker")

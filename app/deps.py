@@ -7,14 +7,14 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.errors import Unauthorized
-from app.records import TenantRecord
 from app.settings import Settings
 from app.store import LocalStore
-from app.tenants.service import tenant_for_key
+from app.tenants.service import Tenant
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -35,15 +35,17 @@ def _session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 
 
-def _settings(request: Request) -> Settings:
+# Plain lookups are ``async def``: FastAPI runs sync dependencies in a thread pool, a hop that
+# costs more than the lookup.
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _store(request: Request) -> LocalStore:
+async def _store(request: Request) -> LocalStore:
     return request.app.state.store
 
 
-def _celery(request: Request) -> Celery:
+async def _celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
@@ -54,13 +56,18 @@ CeleryDep = Annotated[Celery, Depends(_celery)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `lathe keys create --tenant NAME`.")
 
 
-def _tenant(session: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> TenantRecord:
+async def _tenant(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Tenant:
+    """Async, with its own short session on a cache miss: most requests authenticate from the
+    key cache without a database round trip or a thread-pool hop."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("Send 'Authorization: Bearer <api key>'.")
-    tenant = tenant_for_key(session, creds.credentials)
+    cache = request.app.state.key_cache
+    tenant = cache.cached(creds.credentials)
+    if tenant is None:
+        tenant = await run_in_threadpool(cache.lookup, request.app.state.sessionmaker, creds.credentials)
     if tenant is None:
         raise Unauthorized("This API key is not valid.")
     return tenant
 
 
-TenantDep = Annotated[TenantRecord, Depends(_tenant)]
+TenantDep = Annotated[Tenant, Depends(_tenant)]

@@ -18,6 +18,7 @@ from app.models.routes import router as models_router
 from app.queue import make_celery
 from app.settings import Settings
 from app.store import open_store
+from app.tenants.service import KeyCache
 from app.techniques.routes import router as techniques_router
 
 DESCRIPTION = """
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.store = open_store(settings.artifact_root)
         app.state.celery = make_celery(settings)
+        app.state.key_cache = KeyCache(settings.auth_cache_s)
         reaper = Reaper(app.state.sessionmaker, app.state.celery, settings)
         if settings.reaper_interval_s > 0:
             reaper.start()

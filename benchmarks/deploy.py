@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def deployment(kind: str, data_dir: Path, workers: int = 1, **extra_env: str) -> Iterator[tuple[httpx.Client, dict]]:
+def deployment(kind: str, data_dir: Path, workers: int = 1, api_processes: int = 1, **extra_env: str) -> Iterator[tuple[httpx.Client, dict]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
     env.update({"LATHE_DATA_DIR": str(data_dir), "LATHE_LOG_LEVEL": "warning", **extra_env})
     with (scratch_pg_database() if kind == "production" else _nothing()) as db_url:
@@ -59,7 +59,8 @@ def deployment(kind: str, data_dir: Path, workers: int = 1, **extra_env: str) ->
         key = subprocess.run([py, "-m", "app.cli", "keys", "create", "--tenant", "bench"], env=env, cwd=ROOT,
                              check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         port = _free_port()
-        procs = [subprocess.Popen([py, "-m", "app.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
+        procs = [subprocess.Popen([py, "-m", "app.cli", "api", "--port", str(port), "--processes", str(api_processes)],
+                                  env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         procs += [subprocess.Popen([py, "-m", "app.cli", "worker", "--queues", "cpu"], env=env, cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]

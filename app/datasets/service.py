@@ -4,14 +4,15 @@ from fastapi import UploadFile
 from sqlalchemy.orm import Session
 
 from app.datasets.npz import inspect_npz
-from app.records import DatasetRecord, JobRecord, TenantRecord
+from app.records import DatasetRecord, JobRecord
+from app.tenants.service import Tenant
 from app.repository import get_owned
 from app.settings import Settings
 from app.store import LocalStore
 from app.artifacts import clean_name, delete_stored, ingest
 
 
-def upload(session: Session, store: LocalStore, settings: Settings, tenant: TenantRecord,
+def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tenant,
            file: UploadFile, name: str | None) -> DatasetRecord:
     validate = lambda path: inspect_npz(path, settings.max_dataset_uncompressed_bytes)  # noqa: E731
     with ingest(store, file, settings.max_dataset_bytes, validate) as (staged, uri, info):
@@ -22,6 +23,6 @@ def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tena
     return record
 
 
-def delete(session: Session, store: LocalStore, tenant: TenantRecord, dataset_id: str) -> None:
+def delete(session: Session, store: LocalStore, tenant: Tenant, dataset_id: str) -> None:
     record = get_owned(session, DatasetRecord, tenant.id, dataset_id, "dataset")
     delete_stored(session, store, record, JobRecord.dataset_id, "dataset")

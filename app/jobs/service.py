@@ -14,7 +14,8 @@ from app.errors import Conflict, InvalidInput, TooManyRequests
 from app.jobs import transitions
 from app.jobs.schemas import TERMINAL, JobCreate
 from app.queue import enqueue_job
-from app.records import DatasetRecord, JobRecord, ModelRecord, TenantRecord
+from app.records import DatasetRecord, JobRecord, ModelRecord
+from app.tenants.service import Tenant
 from app.repository import get_owned, owned
 from app.settings import Settings
 
@@ -44,7 +45,7 @@ def _check_dataset_fits(model: ModelRecord, dataset: DatasetRecord) -> None:
             "Name the .npz arrays after the model's inputs.", extra={"errors": [{"loc": ["body", "dataset_id"]}]})
 
 
-def create(session: Session, celery: Celery, settings: Settings, tenant: TenantRecord, body: JobCreate) -> JobRecord:
+def create(session: Session, celery: Celery, settings: Settings, tenant: Tenant, body: JobCreate) -> JobRecord:
     technique = all_techniques().get(body.technique)
     if technique is None:
         raise InvalidInput(f"technique: unknown technique {body.technique!r}; known: {sorted(all_techniques())}.",
@@ -89,7 +90,7 @@ def create(session: Session, celery: Celery, settings: Settings, tenant: TenantR
     return job
 
 
-def list_stmt(tenant: TenantRecord, status: str | None, model_id: str | None, technique: str | None):
+def list_stmt(tenant: Tenant, status: str | None, model_id: str | None, technique: str | None):
     stmt = owned(JobRecord, tenant.id)
     if status:
         stmt = stmt.where(JobRecord.status == status)
@@ -100,7 +101,7 @@ def list_stmt(tenant: TenantRecord, status: str | None, model_id: str | None, te
     return stmt
 
 
-def cancel(session: Session, tenant: TenantRecord, job_id: str) -> JobRecord:
+def cancel(session: Session, tenant: Tenant, job_id: str) -> JobRecord:
     job = get_owned(session, JobRecord, tenant.id, job_id, "job")
     if job.status in TERMINAL or not transitions.cancel(session, job.id):
         session.refresh(job)
@@ -109,7 +110,7 @@ def cancel(session: Session, tenant: TenantRecord, job_id: str) -> JobRecord:
     return job
 
 
-def report(session: Session, tenant: TenantRecord, job_id: str) -> dict:
+def report(session: Session, tenant: Tenant, job_id: str) -> dict:
     job = get_owned(session, JobRecord, tenant.id, job_id, "job")
     if job.report is None:
         raise Conflict(f"Job {job_id!r} has no report (status: {job.status}).")

@@ -7,7 +7,8 @@ from fastapi import UploadFile
 from sqlalchemy.orm import Session
 
 from app.models.formats import inspect_model
-from app.records import JobRecord, ModelRecord, TenantRecord
+from app.records import JobRecord, ModelRecord
+from app.tenants.service import Tenant
 from app.repository import get_owned
 from app.settings import Settings
 from app.store import LocalStore, Staged
@@ -22,7 +23,7 @@ def _record(tenant_id: str, name: str, staged: Staged, uri: str, info: dict[str,
     )
 
 
-def upload(session: Session, store: LocalStore, settings: Settings, tenant: TenantRecord,
+def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tenant,
            file: UploadFile, name: str | None) -> ModelRecord:
     with ingest(store, file, settings.max_model_bytes, inspect_model) as (staged, uri, info):
         record = _record(tenant.id, clean_name(name, file.filename), staged, uri, info)
@@ -44,6 +45,6 @@ def register_output(session: Session, store: LocalStore, parent: ModelRecord, jo
     return record
 
 
-def delete(session: Session, store: LocalStore, tenant: TenantRecord, model_id: str) -> None:
+def delete(session: Session, store: LocalStore, tenant: Tenant, model_id: str) -> None:
     record = get_owned(session, ModelRecord, tenant.id, model_id, "model")
     delete_stored(session, store, record, JobRecord.model_id, "model")

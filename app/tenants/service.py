@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.records import ApiKeyRecord, TenantRecord
 
@@ -43,3 +46,40 @@ def tenant_for_key(session: Session, key: str) -> TenantRecord | None:
         select(ApiKeyRecord).where(ApiKeyRecord.key_hash == hash_key(key), ApiKeyRecord.revoked_at.is_(None))
     )
     return session.get(TenantRecord, row.tenant_id) if row else None
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who a request acts for: all the request path needs of a tenant."""
+
+    id: str
+    name: str
+
+
+class KeyCache:
+    """Valid keys → tenant, for ``ttl`` seconds, so most requests skip two queries.
+
+    A revoked key keeps working in a process for at most ``ttl`` seconds. Unknown keys are
+    never cached (a flood of random keys can't grow the cache)."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl, self.max_entries = ttl, max_entries
+        self._entries: dict[str, tuple[Tenant, float]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, key: str) -> Tenant | None:
+        with self._lock:
+            hit = self._entries.get(hash_key(key))
+        return hit[0] if hit and hit[1] > time.monotonic() else None
+
+    def lookup(self, sessions: sessionmaker[Session], key: str) -> Tenant | None:
+        with sessions() as session:
+            record = tenant_for_key(session, key)
+            if record is None:
+                return None
+            tenant = Tenant(record.id, record.name)
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[hash_key(key)] = (tenant, time.monotonic() + self.ttl)
+        return tenant
