@@ -59,7 +59,17 @@ CASES = {
     "empty": (lambda tmp: b"", 415, "empty"),
     "fake-onnx": (lambda tmp: b"\x08\x07" + b"\xff" * 100, 422, "ONNX"),
     "external-data": (_onnx_external, 422, "external"),
+    "truncated-onnx": (lambda tmp: _truncated_onnx(), 422, "ONNX"),
 }
+
+
+def _truncated_onnx() -> bytes:
+    w = helper.make_tensor("w", TensorProto.FLOAT, [64, 64], np.ones(64 * 64, np.float32).tolist())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    whole = helper.make_model(graph).SerializeToString()
+    return whole[: len(whole) // 2]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
