@@ -6,13 +6,16 @@ loaded. ONNX is parsed as protobuf and checked with ``onnx.checker``.
 
 from __future__ import annotations
 
+import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from app.errors import InvalidModel, UnsupportedFormat
 
-ACCEPTED = "Accepted formats: ONNX (.onnx, a single file with weights inside)."
+ACCEPTED = ("Accepted formats: ONNX (.onnx, a single file with weights inside) and torch.export "
+            "programs (.pt2, from torch.export.save).")
 
 
 def _sniff(path: Path) -> str:
@@ -25,12 +28,17 @@ def _sniff(path: Path) -> str:
             "This is a Python pickle (e.g. torch.save / pickle.dump). Pickles can run code when "
             f"loaded, so Lathe never loads them. Export the model to ONNX instead. {ACCEPTED}")
     if head.startswith(b"PK\x03\x04"):
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            raise UnsupportedFormat(f"This looks like a zip archive but can't be read. {ACCEPTED}") from None
+        if any(n.endswith("archive_format") for n in names):
+            return "pt2"
         if any(n.endswith(".pkl") for n in names):
             raise UnsupportedFormat(
-                "This is a PyTorch archive containing pickles (torch.save or torch.export). "
-                f"Export the model to ONNX instead (torch.onnx.export). {ACCEPTED}")
+                "This is a torch.save checkpoint (pickles, no program): Lathe never unpickles "
+                f"uploads. Save the model with torch.export.save or export it to ONNX. {ACCEPTED}")
         raise UnsupportedFormat(f"This is a zip archive, not a model Lathe recognises. {ACCEPTED}")
     # An ONNX ModelProto starts with field 1 (ir_version, varint): tag byte 0x08. Exporters
     # write fields in order, so this is how every ONNX file seen in practice begins.
@@ -39,9 +47,38 @@ def _sniff(path: Path) -> str:
     raise UnsupportedFormat(f"Lathe does not recognise this file's format. {ACCEPTED}")
 
 
+def inspect_pt2(path: Path) -> dict[str, Any]:
+    """Check a torch.export archive statically; its signature is known once converted to ONNX."""
+    from app.engine.pickle_scan import UnsafeArchive, scan_archive
+
+    with zipfile.ZipFile(path) as z:
+        unpacked = sum(i.file_size for i in z.infolist())
+        weights = [n for n in z.namelist() if n.endswith("model_weights_config.json")]
+        config = json.loads(z.read(weights[0])).get("config", {}) if weights else {}
+    # torch writes archives uncompressed: a large ratio is a zip bomb, not a model.
+    if unpacked > 2 * path.stat().st_size + (64 << 20):
+        raise InvalidModel(f"The archive unpacks to {unpacked} bytes from {path.stat().st_size}: refused as a zip bomb.")
+    try:
+        scan = scan_archive(path)
+    except UnsafeArchive as exc:
+        raise InvalidModel(f"Refused: {exc}.") from None
+    count = 0
+    for entry in config.values():
+        sizes = [d.get("as_int", 0) for d in entry.get("tensor_meta", {}).get("sizes", [])]
+        if entry.get("is_param", True):
+            count += math.prod(sizes) if sizes else 1
+    return {"inputs": [], "outputs": [], "parameter_count": count,
+            "pickles_checked": len(scan.pickles)}
+
+
 def inspect_model(path: Path) -> dict[str, Any]:
     """Return format, inputs, outputs, parameter_count and extra metadata, or raise a 4xx error."""
     fmt = _sniff(path)
+    if fmt == "pt2":
+        try:
+            return {"format": fmt, **inspect_pt2(path)}
+        except (zipfile.BadZipFile, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidModel(f"The torch.export archive could not be read ({type(exc).__name__}).") from None
     from app.engine.inspect import inspect_onnx
     from app.engine.registry import TechniqueError
 

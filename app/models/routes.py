@@ -63,7 +63,8 @@ def get_model(model_id: str, tenant: TenantDep, session: SessionDep) -> ModelRec
 })
 def download_model(model_id: str, request: Request, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
     record = get_owned(session, ModelRecord, tenant.id, model_id, "model")
-    filename = record.name if record.name.endswith(".onnx") else f"{record.name}.onnx"
+    suffix = {"onnx": ".onnx", "pt2": ".pt2"}.get(record.format, "")
+    filename = record.name if record.name.endswith(suffix) else f"{record.name}{suffix}"
     return file_response(request, store.path(record.uri), record.sha256, filename, "application/octet-stream")
 
 

@@ -1,0 +1,82 @@
+"""torch.export archives: checked statically in the API (no torch there), never unpickled."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+
+import pytest
+
+
+class Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def clean_pt2(tmp_path_factory):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10)).eval()
+    program = torch.export.export(model, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = tmp_path_factory.mktemp("pt2") / "cnn.pt2"
+    torch.export.save(program, str(path))
+    return path
+
+
+def _with_member(clean: bytes, name: str, data: bytes) -> bytes:
+    """The clean archive plus one more member: what an attacker would ship."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(clean)) as src, zipfile.ZipFile(buf, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_clean_pt2_is_accepted(api, clean_pt2):
+    r = api.post("/v1/models", files={"file": ("cnn.pt2", clean_pt2.read_bytes())})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["format"] == "pt2" and body["parameter_count"] == 4 * 9 + 4 + 144 * 10 + 10
+    assert body["meta"]["pickles_checked"] >= 1
+    d = api.get(f"/v1/models/{body['id']}/file")
+    assert d.content == clean_pt2.read_bytes() and 'filename="cnn.pt2"' in d.headers["content-disposition"]
+
+
+@pytest.mark.parametrize("where", ["cnn/data/sample_inputs/evil.pkl", "cnn/data/weights/weight_99"])
+def test_pt2_with_payload_is_refused_and_never_runs(api, clean_pt2, tmp_path, where):
+    marker = tmp_path / "payload-ran"
+    evil = _with_member(clean_pt2.read_bytes(), where, pickle.dumps(Payload(str(marker))))
+    r = api.post("/v1/models", files={"file": ("evil.pt2", evil)})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert "system" in r.json()["detail"]  # names the offending global
+    assert not marker.exists()
+    assert api.get("/v1/models").json()["items"] == []
+
+
+def test_payload_hidden_in_a_nested_archive(api, clean_pt2, tmp_path):
+    marker = tmp_path / "payload-ran"
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(Payload(str(marker)), protocol=4))
+    evil = _with_member(clean_pt2.read_bytes(), "cnn/data/sample_inputs/model2.pt", inner.getvalue())
+    r = api.post("/v1/models", files={"file": ("evil.pt2", evil)})
+    assert r.status_code == 422 and "model2.pt/archive/data.pkl" in r.json()["detail"]
+    assert not marker.exists()
+
+
+def test_pt2_zip_bomb_is_refused(api, clean_pt2):
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(clean_pt2.read_bytes())) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+        dst.writestr("cnn/data/weights/huge", b"\0" * (200 << 20))
+    r = api.post("/v1/models", files={"file": ("bomb.pt2", bomb.getvalue())})
+    assert r.status_code == 422 and "zip bomb" in r.json()["detail"]
