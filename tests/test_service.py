@@ -209,3 +209,39 @@ def test_techniques_listed(api):
 def test_unknown_route_is_problem_json(deployment, route):
     r = deployment.client.get(route)
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_pipeline_keeps_every_step(api, mlp_onnx):
+    model = upload(api, mlp_onnx).json()
+    quick = {"batch_sizes": [1], "min_runs": 3, "min_seconds": 0.01}
+    r = api.post("/v1/jobs", json={"model_id": model["id"], "steps": [
+        {"technique": "quantize.dynamic", "params": {**quick, "per_channel": True}},
+        {"technique": "benchmark", "params": quick}]})
+    assert r.status_code == 202, r.text
+    assert r.json()["technique"] == "pipeline" and len(r.json()["params"]["steps"]) == 2
+    job = api.wait_job(r.json()["id"])
+    assert job["status"] == "succeeded", job
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert [s["technique"] for s in report["steps"]] == ["quantize.dynamic", "benchmark"]
+    quantized = report["steps"][0]["output_model_id"]
+    assert quantized == job["output_model_id"] and report["steps"][1]["output_model_id"] is None
+    assert report["steps"][0]["report"]["technique"] == "quantize.dynamic"
+    child = api.get(f"/v1/models/{quantized}").json()
+    assert child["parent_id"] == model["id"] and child["job_id"] == job["id"]
+    # The benchmark step measured the quantized model, not the original.
+    assert report["steps"][1]["report"]["model"]["size_bytes"] == child["size_bytes"]
+
+
+def test_pipeline_validation(api, mlp_onnx):
+    model = upload(api, mlp_onnx).json()
+    r = api.post("/v1/jobs", json={"model_id": model["id"], "steps": [
+        {"technique": "benchmark"}, {"technique": "quantize.dynamic"}]})
+    assert r.status_code == 422 and "steps.0" in r.json()["detail"]
+    r = api.post("/v1/jobs", json={"model_id": model["id"], "steps": [
+        {"technique": "quantize.dynamic", "params": {"per_channel": "maybe"}}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"][:4] == ["body", "steps", 0, "params"]
+    r = api.post("/v1/jobs", json={"model_id": model["id"], "technique": "benchmark",
+                                   "steps": [{"technique": "benchmark"}]})
+    assert r.status_code == 422
+    r = api.post("/v1/jobs", json={"model_id": model["id"]})
+    assert r.status_code == 422

@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import TypeVar
@@ -18,8 +19,8 @@ from typing import TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.db import make_engine, make_sessionmaker, transaction
-from app.engine.registry import Context, TechniqueError, get
-from app.jobs import transitions
+from app.engine.registry import Context, Result, TechniqueError
+from app.jobs import plan, transitions
 from app.jobs.service import referenced_models
 from app.models.service import register_output
 from app.records import DatasetRecord, JobRecord, ModelRecord
@@ -67,43 +68,88 @@ def _db(sessions, fn: Callable, *args) -> T:
             delay = min(delay * 2, 10.0)
 
 
-def _load(s, job_id: str):
+@dataclass
+class Loaded:
+    steps: list[plan.Step]
+    ctx: Context  # the first step's context; later steps get copies with their own input
+    model_name: str
+    model_id: str
+
+
+def _load(s, job_id: str) -> Loaded | None:
     if not transitions.start(s, job_id):
         return None  # cancelled, finished, or already running elsewhere: a duplicate message
     job = s.get(JobRecord, job_id)
+    # Outputs of an earlier attempt whose worker died were never reported: start clean.
+    s.query(ModelRecord).filter_by(job_id=job_id, tenant_id=job.tenant_id).delete()
     model = s.get(ModelRecord, job.model_id) if job.model_id else None
     if model is None:
         transitions.fail(s, job_id, "model_deleted", "The job's model was deleted before the job ran.")
         return None
     store = _resources()[2]
-    technique_cls = get(job.technique)
-    params = technique_cls.Params.model_validate(job.params)
+    steps = plan.from_row(job.technique, job.params)
     others = {}
-    for other_id in referenced_models(technique_cls, params):
-        other = s.get(ModelRecord, other_id)
-        if other is None or other.tenant_id != job.tenant_id:
-            transitions.fail(s, job_id, "model_deleted", f"Model {other_id!r} named in the params was deleted.")
-            return None
-        others[other_id] = store.path(other.uri)
+    for step in steps:
+        for other_id in referenced_models(step.technique, step.params):
+            other = s.get(ModelRecord, other_id)
+            if other is None or other.tenant_id != job.tenant_id:
+                transitions.fail(s, job_id, "model_deleted", f"Model {other_id!r} named in the params was deleted.")
+                return None
+            others[other_id] = store.path(other.uri)
     dataset = s.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
     parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
-    ctx = Context(model_path=store.path(model.uri), params=params, workdir=Path(), device=job.device,
+    ctx = Context(model_path=store.path(model.uri), params=steps[0].params, workdir=Path(), device=job.device,
                   dataset_path=store.path(dataset.uri) if dataset else None, models=others,
                   parent_path=store.path(parent.uri) if parent else None)
-    return technique_cls, ctx, model.name
+    return Loaded(steps, ctx, model.name, model.id)
 
 
-def _finish(s, job_id: str, result, model_name: str) -> None:
+def _finish(s, job_id: str, loaded: Loaded, outputs: list[tuple[Result, Path | None]]) -> None:
+    """Register every step's output model (each the child of the one before) and the report,
+    in one transaction: a cancelled or failed job leaves no model behind."""
     job = s.get(JobRecord, job_id, with_for_update=True)
     if job is None or job.status != "running":
         return  # cancelled while finishing: keep no output
-    output_id = None
-    if result.output_path is not None:
-        parent = s.get(ModelRecord, job.model_id)
-        stem = model_name.removesuffix(".onnx")
-        output_id = register_output(s, _resources()[2], parent, job_id, result.output_path,
-                                    f"{stem}.{job.technique}.onnx").id
-    transitions.succeed(s, job_id, result.report, output_id)
+    store = _resources()[2]
+    current = s.get(ModelRecord, job.model_id)
+    stem = loaded.model_name.removesuffix(".onnx").removesuffix(".pt2")
+    step_reports, output_id = [], None
+    for step, (result, _) in zip(loaded.steps, outputs):
+        produced = None
+        if result.output_path is not None:
+            stem = f"{stem}.{step.name}"
+            current = register_output(s, store, current, job_id, result.output_path, f"{stem}.onnx")
+            produced = output_id = current.id
+        step_reports.append({"technique": step.name, "params": step.params.model_dump(mode="json"),
+                             "output_model_id": produced, "report": result.report})
+    if len(loaded.steps) == 1:
+        report = outputs[0][0].report
+    else:
+        report = {"schema_version": 1, "technique": plan.PIPELINE, "model_id": loaded.model_id,
+                  "output_model_id": output_id, "steps": step_reports}
+    transitions.succeed(s, job_id, report, output_id)
+
+
+def _run_steps(loaded: Loaded, workdir: Path, progress) -> list[tuple[Result, Path | None]]:
+    """Each step's output feeds the next; progress is split evenly between steps."""
+    outputs: list[tuple[Result, Path | None]] = []
+    model_path, parent_path = loaded.ctx.model_path, loaded.ctx.parent_path
+    n = len(loaded.steps)
+    for i, step in enumerate(loaded.steps):
+        step_dir = workdir / f"step-{i}" if n > 1 else workdir
+        step_dir.mkdir(exist_ok=True)
+        label = f"step {i + 1}/{n} {step.name}: " if n > 1 else ""
+
+        def step_progress(fraction: float, stage: str, i=i, label=label) -> None:
+            progress((i + max(0.0, min(1.0, fraction))) / n, f"{label}{stage}")
+
+        ctx = replace(loaded.ctx, model_path=model_path, parent_path=parent_path, params=step.params,
+                      workdir=step_dir, progress=step_progress)
+        result = step.technique().run(ctx)
+        outputs.append((result, result.output_path))
+        if result.output_path is not None:
+            parent_path, model_path = model_path, result.output_path
+    return outputs
 
 
 def run_job(job_id: str) -> None:
@@ -112,11 +158,9 @@ def run_job(job_id: str) -> None:
     if loaded is None:
         log.info("job %s is not queued (cancelled, finished or a duplicate); skipping", job_id)
         return
-    technique_cls, ctx, model_name = loaded
     workdir = settings.resolved_data_dir / "work" / job_id
     shutil.rmtree(workdir, ignore_errors=True)  # left by an earlier attempt whose worker died
     workdir.mkdir(parents=True)
-    ctx.workdir = workdir
 
     def fail(type: str, detail: str) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -140,11 +184,10 @@ def run_job(job_id: str) -> None:
         if not _db(sessions, transitions.report_progress, job_id, fraction, stage):
             raise JobStopped("cancelled")
 
-    ctx.progress = progress
     try:
         with guard:
-            result = technique_cls().run(ctx)
-        _db(sessions, _finish, job_id, result, model_name)
+            outputs = _run_steps(loaded, workdir, progress)
+        _db(sessions, _finish, job_id, loaded, outputs)
     except JobStopped as stop:
         if stop.reason == "timeout":
             fail("timeout", f"The job ran past its time limit of {settings.job_soft_time_limit_s} s and was stopped.")

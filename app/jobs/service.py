@@ -3,15 +3,13 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from pydantic import ValidationError
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import after_commit, utcnow
-from app.engine.registry import all_techniques
 from app.errors import Conflict, InvalidInput, TooManyRequests
-from app.jobs import transitions
+from app.jobs import plan, transitions
 from app.jobs.schemas import TERMINAL, JobCreate
 from app.queue import enqueue_job
 from app.records import DatasetRecord, JobRecord, ModelRecord
@@ -31,12 +29,6 @@ def referenced_models(technique, params) -> list[str]:
     return ids
 
 
-def _params_error(exc: ValidationError) -> InvalidInput:
-    errors = [{"loc": ["body", "params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    first = errors[0]
-    return InvalidInput(f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}", extra={"errors": errors})
-
-
 def _check_dataset_fits(model: ModelRecord, dataset: DatasetRecord) -> None:
     missing = [i["name"] for i in model.inputs if i["name"] not in dataset.arrays]
     if missing:
@@ -46,25 +38,22 @@ def _check_dataset_fits(model: ModelRecord, dataset: DatasetRecord) -> None:
 
 
 def create(session: Session, celery: Celery, settings: Settings, tenant: Tenant, body: JobCreate) -> JobRecord:
-    technique = all_techniques().get(body.technique)
-    if technique is None:
-        raise InvalidInput(f"technique: unknown technique {body.technique!r}; known: {sorted(all_techniques())}.",
-                           extra={"errors": [{"loc": ["body", "technique"], "msg": "unknown technique"}]})
-    try:
-        params = technique.Params.model_validate(body.params)
-    except ValidationError as exc:
-        raise _params_error(exc) from None
-    if body.device not in technique.devices:
-        raise InvalidInput(f"device: {body.technique} runs on {list(technique.devices)}, not {body.device!r}.")
+    steps = plan.from_request(body.technique, body.params,
+                              [s.model_dump() for s in body.steps] if body.steps is not None else None)
+    for i, step in enumerate(steps):
+        if body.device not in step.technique.devices:
+            raise InvalidInput(f"device: {step.name} runs on {list(step.technique.devices)}, not {body.device!r}.")
     model = get_owned(session, ModelRecord, tenant.id, body.model_id, "model")
-    for model_id in referenced_models(technique, params):
-        get_owned(session, ModelRecord, tenant.id, model_id, "model")
+    for step in steps:
+        for model_id in referenced_models(step.technique, step.params):
+            get_owned(session, ModelRecord, tenant.id, model_id, "model")
     dataset = None
     if body.dataset_id:
         dataset = get_owned(session, DatasetRecord, tenant.id, body.dataset_id, "dataset")
         _check_dataset_fits(model, dataset)
-    elif technique.needs_dataset:
-        raise InvalidInput(f"dataset_id: {body.technique} needs a dataset.")
+    elif needing := [s.name for s in steps if s.technique.needs_dataset]:
+        raise InvalidInput(f"dataset_id: {', '.join(needing)} needs a dataset.")
+    technique_name, stored_params = plan.stored(steps)
     active = session.scalar(select(func.count()).select_from(JobRecord).where(
         JobRecord.tenant_id == tenant.id, JobRecord.status.in_(("queued", "running"))))
     if active >= settings.max_active_jobs_per_tenant:
@@ -72,7 +61,7 @@ def create(session: Session, celery: Celery, settings: Settings, tenant: Tenant,
                               f"{settings.max_active_jobs_per_tenant}); retry when some have finished.",
                               headers={"Retry-After": "30"})
     job = JobRecord(tenant_id=tenant.id, model_id=model.id, dataset_id=dataset.id if dataset else None,
-                    technique=body.technique, params=params.model_dump(mode="json"), device=body.device,
+                    technique=technique_name, params=stored_params, device=body.device,
                     status="queued", progress=0.0, stage="queued", attempts=0, dispatched_at=utcnow())
     session.add(job)
     session.flush()

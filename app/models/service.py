@@ -33,10 +33,7 @@ def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tena
 
 
 def register_output(session: Session, store: LocalStore, parent: ModelRecord, job_id: str, path: Path, name: str) -> ModelRecord:
-    """Record a model a job wrote. A redelivered job finds the record its first run made."""
-    existing = session.query(ModelRecord).filter_by(job_id=job_id, tenant_id=parent.tenant_id).one_or_none()
-    if existing is not None:
-        return existing
+    """Record a model a job wrote (the worker clears an earlier attempt's records first)."""
     staged = store.stage_file(path)
     info = inspect_model(path)
     record = _record(parent.tenant_id, name, staged, store.put(staged), info, parent_id=parent.id, job_id=job_id)

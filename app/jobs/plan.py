@@ -1,0 +1,74 @@
+"""What a job runs: one technique, or a pipeline of steps whose outputs feed each other.
+
+Used by the API (validate before queueing, with the exact field in the error) and by the worker
+(rebuild the typed steps from the stored row). A pipeline is stored as technique "pipeline"
+with params ``{"steps": [{"technique", "params"}, ...]}``, every step's params normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.engine.registry import Params, Technique, all_techniques
+from app.errors import InvalidInput
+
+PIPELINE = "pipeline"
+MAX_STEPS = 8
+
+
+@dataclass
+class Step:
+    technique: type[Technique]
+    params: Params
+
+    @property
+    def name(self) -> str:
+        return self.technique.name
+
+    def stored(self) -> dict[str, Any]:
+        return {"technique": self.name, "params": self.params.model_dump(mode="json")}
+
+
+def _step(name: str, params: dict[str, Any], loc: list[Any]) -> Step:
+    technique = all_techniques().get(name)
+    if technique is None:
+        raise InvalidInput(f"{'.'.join(map(str, loc[1:] + ['technique']))}: unknown technique {name!r}; "
+                           f"known: {sorted(all_techniques())}.",
+                           extra={"errors": [{"loc": loc + ["technique"], "msg": "unknown technique"}]})
+    try:
+        return Step(technique, technique.Params.model_validate(params))
+    except ValidationError as exc:
+        errors = [{"loc": loc + ["params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        first = errors[0]
+        raise InvalidInput(f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}", extra={"errors": errors}) from None
+
+
+def from_request(technique: str | None, params: dict[str, Any], steps: list[dict[str, Any]] | None) -> list[Step]:
+    if (technique is None) == (steps is None):
+        raise InvalidInput("Give either `technique` (with `params`) or `steps`, not both.",
+                           extra={"errors": [{"loc": ["body", "technique"], "msg": "technique xor steps"}]})
+    if steps is None:
+        return [_step(technique, params, ["body"])]
+    if not 1 <= len(steps) <= MAX_STEPS:
+        raise InvalidInput(f"steps: a pipeline has 1 to {MAX_STEPS} steps.")
+    plan = [_step(s["technique"], s.get("params", {}), ["body", "steps", i]) for i, s in enumerate(steps)]
+    for i, step in enumerate(plan[:-1]):
+        if not step.technique.produces_model:
+            raise InvalidInput(f"steps.{i}: {step.name} produces no model, so nothing can feed step {i + 1}; "
+                               "put it last (or run it as its own job).")
+    return plan
+
+
+def stored(plan: list[Step]) -> tuple[str, dict[str, Any]]:
+    if len(plan) == 1:
+        return plan[0].name, plan[0].params.model_dump(mode="json")
+    return PIPELINE, {"steps": [s.stored() for s in plan]}
+
+
+def from_row(technique: str, params: dict[str, Any]) -> list[Step]:
+    if technique == PIPELINE:
+        return [_step(s["technique"], s["params"], ["steps", i]) for i, s in enumerate(params["steps"])]
+    return [_step(technique, params, [])]
