@@ -146,3 +146,26 @@ def _cast(arr: Any, dtype: Any, name: str) -> Any:
             f"model input's {dtype}; store it as {dtype}"
         )
     return arr.astype(dtype)
+
+
+def load_labels(path: str | Path, samples: int) -> Any | None:
+    """The dataset's optional ``labels`` array (one label or target row per sample), or None."""
+    import numpy as np
+
+    with np.load(str(path), allow_pickle=False) as npz:
+        if "labels" not in npz.files:
+            return None
+        try:
+            labels = npz["labels"]
+        except ValueError:
+            raise DatasetMismatch("the dataset's 'labels' array is an object (pickled) array; "
+                                  "store plain integer classes or float targets") from None
+    if labels.ndim == 0 or labels.shape[0] != samples:
+        raise DatasetMismatch(
+            f"the dataset's 'labels' array has shape {list(labels.shape)} but the inputs have "
+            f"{samples} samples; store one label (or target row) per sample on axis 0"
+        )
+    if labels.dtype.kind not in "iubf":
+        raise DatasetMismatch(f"the dataset's 'labels' have dtype {labels.dtype}; store "
+                              "integer classes or float regression targets")
+    return labels

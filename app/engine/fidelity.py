@@ -8,41 +8,11 @@ few large samples could dominate. numpy is imported inside methods.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from app.engine.registry import Device, ProgressFn
-
 GENERATED_FIDELITY_SAMPLES = 64  # random inputs say little more with more samples
-
-
-def measure_fidelity(parent_path: Path, result_path: Path, feeds: Any, *, samples: int,
-                     batch_size: int, threads: int, device: Device, progress: ProgressFn,
-                     span: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
-    """Per-output agreement of result vs parent on the first ``samples`` dataset samples
-    (or min(samples, 64) generated ones), fed to both in batches of ``batch_size``.
-    ``feeds`` is an ``app.engine.feeds.FeedSource``."""
-    from app.engine.onnx_inputs import input_specs
-    from app.engine.session import create_session, run_session
-
-    parent, _ = create_session(parent_path, threads, device)
-    result, _ = create_session(result_path, threads, device)
-    specs = input_specs(parent)
-    names = [o.name for o in parent.get_outputs()]
-    total = feeds.samples(specs) if feeds.what == "dataset" else GENERATED_FIDELITY_SAMPLES
-    total = min(samples, total)
-    # A model with a fixed first dimension can only be fed batches of exactly that size.
-    fixed = next((s["shape"][0] for s in specs
-                  if s["shape"] and isinstance(s["shape"][0], int) and s["shape"][0] > 0), None)
-    step = fixed or min(batch_size, total)
-    acc = FidelityAccumulator(names)
-    for start in range(0, total, step):
-        progress(span[0] + (span[1] - span[0]) * start / total, "fidelity")
-        batch = fixed or min(step, total - start)
-        feed = feeds(specs, batch, start)
-        acc.add(run_session(parent, feed, feeds.what, names),
-                run_session(result, feed, feeds.what, names), batch)
-    return {"source": feeds.what, "samples": total, "outputs": acc.result()}
+# Nearest-neighbour agreement keeps the rows of 2-D outputs: an N x N similarity matrix.
+NN_MAX_SAMPLES = 2048
 
 
 class FidelityAccumulator:
@@ -53,7 +23,7 @@ class FidelityAccumulator:
         self.state: dict[str, dict[str, Any]] = {
             n: {"cos": [], "max_abs": 0.0, "sum_abs": 0.0, "elems": 0, "top1": 0,
                 "top1_n": 0, "exact": 0, "samples": 0, "non_finite": 0, "error": None,
-                "is_float": True}
+                "is_float": True, "rows_p": [], "rows_r": [], "kept": 0}
             for n in self.names
         }
 
@@ -89,6 +59,11 @@ class FidelityAccumulator:
                 # Classification-like output: does the decision (arg max) survive?
                 st["top1"] += int((p2.argmax(axis=1) == r2.argmax(axis=1)).sum())
                 st["top1_n"] += len(p2)
+            if per_sample and p.ndim == 2 and p.shape[1] > 1 and st["kept"] < NN_MAX_SAMPLES:
+                take = NN_MAX_SAMPLES - st["kept"]
+                st["rows_p"].append(p2[:take].astype(np.float32))
+                st["rows_r"].append(r2[:take].astype(np.float32))
+                st["kept"] += len(p2[:take])
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -108,6 +83,10 @@ class FidelityAccumulator:
                 })
                 if st["top1_n"]:
                     item["top1_agreement"] = round(st["top1"] / st["top1_n"], 6)
+                if st["kept"] >= 3:
+                    item["nearest_neighbour_agreement"] = _nn_agreement(st["rows_p"],
+                                                                        st["rows_r"])
+                    item["nearest_neighbour_samples"] = st["kept"]
                 if st["non_finite"]:
                     item["non_finite_samples"] = st["non_finite"]
             out[name] = item
@@ -118,6 +97,27 @@ def worst_cosine(outputs: dict[str, Any]) -> float | None:
     """Lowest per-sample cosine over all float outputs, for a one-line summary."""
     values = [o["cosine_min"] for o in outputs.values() if o.get("cosine_min") is not None]
     return min(values) if values else None
+
+
+def worst_mean_cosine(outputs: dict[str, Any]) -> float | None:
+    """Lowest mean per-sample cosine over all float outputs: what ``min_cosine`` checks."""
+    values = [o["cosine_mean"] for o in outputs.values() if o.get("cosine_mean") is not None]
+    return min(values) if values else None
+
+
+def _nn_agreement(rows_p: list[Any], rows_r: list[Any]) -> float:
+    """Share of samples whose nearest other sample (cosine) is the same under both models:
+    for embeddings, whether retrieval within the dataset still returns the same neighbour."""
+    import numpy as np
+
+    def nearest(rows: list[Any]) -> Any:
+        x = np.concatenate(rows).astype(np.float64)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(axis=1)
+
+    return round(float((nearest(rows_p) == nearest(rows_r)).mean()), 6)
 
 
 def _cosine_rows(a: Any, b: Any) -> list[float]:

@@ -1,7 +1,12 @@
 """Calling onnxruntime's quantization tools without side effects outside a scratch directory.
 
-onnxruntime is imported inside the functions (technique modules import this module; the API
-must not load onnxruntime through them).
+Every quantizer here runs on a *staged* copy of the parent: a link inside a private scratch
+directory under the job's workdir (cwd included), upgraded to the opset the quantizer needs and
+pre-processed. onnxruntime's tools write "<input>-inferred.onnx" next to their input and litter
+the cwd, and the parent's directory may be shared or read-only.
+
+onnxruntime/onnx are imported inside the functions (technique modules import this module; the
+API must not load onnxruntime through them).
 """
 
 from __future__ import annotations
@@ -10,10 +15,37 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.engine.registry import TechniqueError, UnsupportedModel
 from app.engine.session import short_reason
+
+
+@dataclass
+class Staged:
+    path: Path  # the model to hand to a quantizer
+    scratch: Path  # private scratch directory; run tools with it as cwd
+    preprocess: str  # what pre-processing did
+    opset: dict  # {"original": n, "used": m}
+
+
+@contextlib.contextmanager
+def staged(src: Path, workdir: Path, *, preprocess: bool, min_opset: int) -> Iterator[Staged]:
+    """Yield the staged parent; the scratch directory is deleted afterwards."""
+    scratch = Path(tempfile.mkdtemp(prefix="quant-", dir=workdir))
+    try:
+        link = scratch / "parent.onnx"
+        try:
+            os.symlink(src.resolve(), link)
+        except OSError:  # filesystems without symlinks
+            shutil.copyfile(src, link)
+        source, opset = _ensure_opset(link, scratch, min_opset)
+        source, status = _preprocess(source, scratch) if preprocess else (source, "off")
+        yield Staged(source, scratch, status, opset)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def default_dynamic_op_types() -> list[str]:
@@ -23,54 +55,69 @@ def default_dynamic_op_types() -> list[str]:
     return list(IntegerOpsRegistry)
 
 
-def quantize_dynamic_file(
-    src: Path,
-    dst: Path,
-    workdir: Path,
-    *,
-    op_types: list[str] | None,
-    per_channel: bool,
-    reduce_range: bool,
-    weight_type: str,
-    preprocess: bool,
-) -> str:
-    """Write the dynamically quantized ``src`` to ``dst``; return what pre-processing did.
-    ``op_types`` None means onnxruntime's default set.
-
-    onnxruntime's quantizer writes "<input>-inferred.onnx" next to its input and its
-    pre-processor uses scratch files, so both run on a link to the parent inside a private
-    scratch directory under ``workdir`` (cwd included), deleted afterwards: the parent's
-    directory may be shared or read-only, and nothing may land in the process CWD.
-    """
+def dynamic(stage: Staged, dst: Path, *, op_types: list[str] | None, per_channel: bool,
+            reduce_range: bool, weight_type: str, exclude: Sequence[str] = (),
+            only: Sequence[str] | None = None) -> None:
+    """Dynamic quantization of the staged model into ``dst``. ``only``: quantize just these
+    nodes (per-layer sensitivity)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if dst.resolve() == src.resolve():
-        raise TechniqueError("internal: the output path would overwrite the input model")
-    scratch = Path(tempfile.mkdtemp(prefix="quant-", dir=workdir))
+    # The dynamic quantizer first rewrites each Gemm "X" into MatMul "X_MatMul" + Add "X_Add",
+    # then matches node names: name both, or a Gemm could never be excluded or singled out.
+    exclude = [n for name in exclude for n in (name, f"{name}_MatMul")]
+    only = [n for name in only for n in (name, f"{name}_MatMul")] if only else None
+    run_quantizer(
+        stage, dst, "dynamic", "try op_types=[\"MatMul\"], per_channel=false or preprocess=false",
+        lambda: quantize_dynamic(
+             stage.path, dst, op_types_to_quantize=op_types, per_channel=per_channel,
+             reduce_range=reduce_range, nodes_to_exclude=list(exclude),
+             nodes_to_quantize=list(only) if only else None,
+             weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8))
+
+
+def run_quantizer(stage: Staged, dst: Path, what: str, advice: str, call) -> None:
     try:
-        link = scratch / "parent.onnx"
-        try:
-            os.symlink(src.resolve(), link)
-        except OSError:  # filesystems without symlinks
-            shutil.copyfile(src, link)
-        source, status = (_preprocess(link, scratch) if preprocess else (link, "off"))
-        try:
-            with contextlib.chdir(scratch):
-                quantize_dynamic(
-                    source, dst, op_types_to_quantize=op_types, per_channel=per_channel,
-                    reduce_range=reduce_range,
-                    weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
-                )
-        except Exception as exc:
-            dst.unlink(missing_ok=True)
-            raise UnsupportedModel(
-                f"onnxruntime's dynamic quantizer failed on this model ({type(exc).__name__}: "
-                f"{short_reason(exc, src)}); try op_types=[\"MatMul\"], per_channel=false or "
-                "preprocess=false"
-            ) from None
-        return status
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.chdir(stage.scratch):
+            call()
+    except TechniqueError:
+        raise
+    except Exception as exc:
+        dst.unlink(missing_ok=True)
+        raise UnsupportedModel(
+            f"onnxruntime's {what} quantizer failed on this model ({type(exc).__name__}: "
+            f"{short_reason(exc, stage.path)}); {advice}"
+        ) from None
+
+
+def model_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _ensure_opset(src: Path, scratch: Path, minimum: int) -> tuple[Path, dict]:
+    """Convert older models with onnx's version converter. onnxruntime's quantizers would only
+    rewrite the opset number, which silently changes the meaning of ops whose attributes became
+    inputs (Slice, Upsample, ReduceL2...) and yields an invalid model."""
+    import onnx
+    from onnx import version_converter
+
+    original = model_opset(src)
+    if original >= minimum:
+        return src, {"original": original, "used": original}
+    try:
+        model = version_converter.convert_version(onnx.load(str(src)), minimum)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - the converter raises anything
+        raise UnsupportedModel(
+            f"the model uses opset {original} and this quantization needs opset {minimum}; "
+            f"onnx's version converter could not upgrade it ({short_reason(exc, src)}). "
+            f"Re-export the model with opset {minimum} or newer"
+        ) from None
+    out = scratch / f"opset{minimum}.onnx"
+    onnx.save(model, str(out))
+    return out, {"original": original, "used": minimum}
 
 
 def _preprocess(src: Path, scratch: Path) -> tuple[Path, str]:
@@ -82,7 +129,8 @@ def _preprocess(src: Path, scratch: Path) -> tuple[Path, str]:
 
     out = scratch / "preprocessed.onnx"
     # auto_merge: symbolic shape inference otherwise fails on transformers (measured here).
-    attempts = (("full", {"auto_merge": True}), ("without symbolic shape inference", {"skip_symbolic_shape": True}))
+    attempts = (("full", {"auto_merge": True}),
+                ("without symbolic shape inference", {"skip_symbolic_shape": True}))
     for label, kwargs in attempts:
         try:
             with contextlib.chdir(scratch):

@@ -13,12 +13,13 @@ from typing import Any
 QUANT_OPS = frozenset({
     "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
     "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QAttention", "QEmbedLayerNormalization",
-    "QGemm", "QuantizeLinear", "DequantizeLinear",
+    "QGemm", "QuantizeLinear", "DequantizeLinear", "MatMulNBits", "GatherBlockQuantized",
 })
 # Integer compute nodes: one per float MatMul/Conv/Gemm/... that was replaced.
 INTEGER_COMPUTE_OPS = frozenset({
     "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
-    "MatMulIntegerToFloat", "QAttention", "QGemm",
+    "MatMulIntegerToFloat", "QAttention", "QGemm", "MatMulNBits", "QLinearConv",
+    "QLinearMatMul",
 })
 FLOAT_COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "Attention", "LSTM"})
 
@@ -49,11 +50,43 @@ def candidate_ops(looked_for: list[str]) -> set[str]:
     return set(looked_for) | ({"Gemm"} if "MatMul" in looked_for else set())
 
 
-def node_summary(parent: Counter[str], result: Counter[str], looked_for: list[str]) -> dict:
-    """Node counts for the report: what could be quantized, what was, what stayed float."""
+def qdq_compute(path: Path) -> int:
+    """Float compute nodes (Conv, MatMul...) fed by a DequantizeLinear weight: in QDQ format
+    they are quantized, and onnxruntime fuses them into integer kernels at load time."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in graph.node
+               if n.op_type in FLOAT_COMPUTE_OPS and len(n.input) > 1 and n.input[1] in dq)
+
+
+def runtime_op_counts(path: Path, scratch: Path) -> Counter[str] | None:
+    """Op types of the graph onnxruntime actually runs (after its load-time fusions), or
+    None if it cannot be saved. It is what tells fused from unfused Q/DQ pairs."""
+    import onnxruntime as ort
+
+    out = scratch / "runtime-graph.onnx"
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(out)
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return op_counts(out)
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return None
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def node_summary(parent: Counter[str], result: Counter[str], looked_for: list[str],
+                 qdq: int = 0) -> dict:
+    """Node counts for the report: what could be quantized, what was, what stayed float.
+    ``qdq``: float compute nodes of the result that are quantized in QDQ form."""
     candidates = candidate_ops(looked_for)
     compute_before = sum(n for op, n in parent.items() if op in FLOAT_COMPUTE_OPS)
-    compute_left = sum(n for op, n in result.items() if op in FLOAT_COMPUTE_OPS)
+    compute_left = sum(n for op, n in result.items() if op in FLOAT_COMPUTE_OPS) - qdq
     return {
         "parent_total": sum(parent.values()),
         "result_total": sum(result.values()),
@@ -62,7 +95,8 @@ def node_summary(parent: Counter[str], result: Counter[str], looked_for: list[st
         "quantized_ops": {op: n for op, n in sorted(result.items()) if is_quant_op(op)},
         "float_compute_left": {
             op: n for op, n in sorted(result.items()) if op in FLOAT_COMPUTE_OPS
-        },
+        } if not qdq else {"total": compute_left},
+        "qdq_compute": qdq,
         # Compared with the parent so an already-quantized (QDQ) parent does not count.
         "quantized_nodes_added": sum(n for op, n in result.items() if is_quant_op(op))
         - sum(n for op, n in parent.items() if is_quant_op(op)),
@@ -72,11 +106,21 @@ def node_summary(parent: Counter[str], result: Counter[str], looked_for: list[st
     }
 
 
-def slow_reasons(slow: list[dict], nodes: dict, provider: str) -> list[str]:
-    """Likely, detectable causes for points where the result was not faster."""
+def slow_reasons(slow: list[dict], nodes: dict, provider: str,
+                 runtime: Counter[str] | None = None, mode: str = "int8") -> list[str]:
+    """Likely, detectable causes for points where the result was not faster. ``runtime``: op
+    counts of the graph onnxruntime runs after its own fusions."""
     reasons = []
     quantized = nodes["quantized_ops"]
-    if provider != "CPUExecutionProvider":
+    runtime = runtime or Counter()
+    if mode == "float16":
+        casts = runtime.get("Cast", 0)
+        reasons.append(
+            f"{provider} has no float16 kernels for most ops: onnxruntime runs them in float32 "
+            f"behind Cast nodes ({casts} Cast nodes in the graph it runs), so float16 saves "
+            "size, not time, on CPU; it targets GPUs" if provider == "CPUExecutionProvider"
+            else f"{provider} ran the float16 graph with {casts} Cast nodes")
+    elif provider != "CPUExecutionProvider":
         reasons.append(
             f"{provider} has no fast kernels for MatMulInteger/DynamicQuantizeLinear; dynamic "
             "quantization targets the CPU provider"
@@ -87,8 +131,20 @@ def slow_reasons(slow: list[dict], nodes: dict, provider: str) -> list[str]:
             "than float Conv; for convolutional models use static (QDQ) quantization, or "
             "op_types=[\"MatMul\"]"
         )
+    unfused = runtime.get("QuantizeLinear", 0) + runtime.get("DequantizeLinear", 0)
+    if mode == "int8" and unfused:
+        reasons.append(
+            f"{unfused} QuantizeLinear/DequantizeLinear nodes are left unfused in the graph "
+            "onnxruntime runs: tensors are converted between int8 and float around float "
+            "kernels (ops without an integer kernel, or int8 activations on x86, which "
+            "onnxruntime does not fuse there; use activation_type=uint8)")
+    if mode == "int4" and "MatMulNBits" in quantized:
+        reasons.append(
+            "MatMulNBits unpacks 4-bit weights block by block at run time; it saves size and "
+            "memory bandwidth, and only beats float MatMul when weight loading dominates "
+            "(large models, small batches) or with accuracy_level=4 (int8 compute)")
     done, total = nodes["compute_quantized"], nodes["compute_total"]
-    if total and done / total < 0.5:
+    if mode != "float16" and total and done / total < 0.5:
         reasons.append(
             f"only {done} of {total} MatMul/Gemm/Conv nodes were quantized; the rest run in "
             "float and the added quantize/dequantize nodes cost time"
@@ -97,8 +153,8 @@ def slow_reasons(slow: list[dict], nodes: dict, provider: str) -> list[str]:
     if tiny:
         reasons.append(
             f"the model is very fast already (parent p50 {tiny[0]['parent_p50_ms']} ms at batch "
-            f"{tiny[0]['batch_size']}); quantizing activations at run time costs about as much "
-            "as the int8 matmuls save at this size"
+            f"{tiny[0]['batch_size']}); converting activations costs about as much as the "
+            "cheaper kernels save at this size"
         )
     noise = [p for p in slow if p["speedup"] >= 0.97]
     if noise and len(noise) == len(slow):
@@ -107,8 +163,10 @@ def slow_reasons(slow: list[dict], nodes: dict, provider: str) -> list[str]:
 
 
 def verdict(comparison: list[dict], size_ratio: float, nodes: dict, provider: str,
-            worst_cos: float | None) -> dict[str, Any]:
-    """faster only if the result's p50 beat the parent's at EVERY measured point."""
+            worst_cos: float | None, *, tolerance: dict | None = None,
+            runtime: Counter[str] | None = None, mode: str = "int8") -> dict[str, Any]:
+    """faster only if the result's p50 beat the parent's at EVERY measured point.
+    ``tolerance``: {"within": bool | None, "text": str} from quant_report.tolerance_check."""
     slow = [p for p in comparison if p["speedup"] <= 1.0]
     faster, smaller = not slow, size_ratio < 1.0
     speedups = [p["speedup"] for p in comparison]
@@ -125,19 +183,22 @@ def verdict(comparison: list[dict], size_ratio: float, nodes: dict, provider: st
                 + ", which is within measurement noise")
         reasons: list[str] = []
     else:
-        reasons = slow_reasons(slow, nodes, provider)
+        reasons = slow_reasons(slow, nodes, provider, runtime, mode)
         where = ", ".join(f"bs={p['batch_size']}/threads={p['threads']}: {p['speedup']:.2f}x"
                           for p in slow)
         speed_txt = f"NOT faster: slower or equal at {where}; likely because {reasons[0]}"
     fid_txt = ("" if worst_cos is None
                else f" Lowest per-sample cosine similarity to the parent: {worst_cos:.4f}.")
+    tol = tolerance or {"within": None, "text": ""}
     return {
         "faster": faster,
         "smaller": smaller,
+        "within_tolerance": tol["within"],
         "min_speedup": min(speedups),
         "max_speedup": max(speedups),
         "reasons": reasons,
-        "summary": f"Result is {size_txt}; {speed_txt}.{fid_txt}",
+        "summary": f"Result is {size_txt}; {speed_txt}.{fid_txt}"
+        + (f" {tol['text']}" if tol["text"] else ""),
     }
 
 

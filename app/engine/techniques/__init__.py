@@ -4,4 +4,12 @@ Keep these imports light: the API imports this package to list techniques and va
 params, so technique modules import only pydantic/stdlib-level code at module top.
 """
 
-from app.engine.techniques import benchmark, quantize_dynamic  # noqa: F401
+from app.engine.techniques import (  # noqa: F401
+    benchmark,
+    evaluate,
+    quantize_auto,
+    quantize_dynamic,
+    quantize_fp16,
+    quantize_int4,
+    quantize_static,
+)
