@@ -245,3 +245,20 @@ def test_pipeline_validation(api, mlp_onnx):
     assert r.status_code == 422
     r = api.post("/v1/jobs", json={"model_id": model["id"]})
     assert r.status_code == 422
+
+
+def test_lineage(deployment, mlp_onnx):
+    api = deployment.new_client()
+    model = upload(api, mlp_onnx).json()
+    quick = {"batch_sizes": [1], "min_runs": 3, "min_seconds": 0.01}
+    job = api.wait_job(api.post("/v1/jobs", json={"model_id": model["id"], "steps": [
+        {"technique": "quantize.dynamic", "params": quick}, {"technique": "quantize.fp16", "params": quick}]}).json()["id"])
+    assert job["status"] == "succeeded", job
+    grandchild = job["output_model_id"]
+    down = api.get(f"/v1/models/{model['id']}/lineage").json()
+    assert down["ancestors"] == [] and len(down["descendants"]) == 1
+    child = down["descendants"][0]
+    assert child["job"]["technique"] == "pipeline" and child["children"][0]["id"] == grandchild
+    up = api.get(f"/v1/models/{grandchild}/lineage").json()
+    assert [a["id"] for a in up["ancestors"]] == [child["id"], model["id"]] and up["ancestors"][-1]["job"] is None
+    assert deployment.new_client().get(f"/v1/models/{grandchild}/lineage").status_code == 404

@@ -26,7 +26,7 @@ def convert_fp16(stage: Staged, dst: Path, *, exclude_nodes: Sequence[str],
         model = onnx.load(str(stage.path))
         converted = convert_float_to_float16(
             model, keep_io_types=True, disable_shape_infer=False,
-            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(exclude_op_types),
+            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(INTEGER_OPS) + list(exclude_op_types),
             node_block_list=list(exclude_nodes))
         # The converter appends its Cast nodes at the end; the checker wants graph order.
         wrapped = OnnxModel(converted)
@@ -35,6 +35,13 @@ def convert_fp16(stage: Staged, dst: Path, *, exclude_nodes: Sequence[str],
 
     run_quantizer(stage, dst, "float16", "exclude the op types it fails on "
                   "(exclude_op_types) or set preprocess=false", call)
+
+
+# Ops of an already-quantized model: their float inputs/outputs (scales, activations about to
+# be quantized) must stay float32, or ORT rejects the graph (DynamicQuantizeLinear takes float).
+INTEGER_OPS = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger",
+               "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
+               "QLinearConv", "QGemm", "MatMulNBits", "QLinearAdd", "QLinearMul")
 
 
 def quantize_int4(stage: Staged, dst: Path, *, block_size: int, symmetric: bool,

@@ -9,7 +9,8 @@ from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.downloads import file_response
 from app.idempotency import IdempotencyKey
 from app.models import service
-from app.models.schemas import ModelOut
+from app.models.lineage import lineage
+from app.models.schemas import LineageOut, ModelOut
 from app.pagination import Cursor, Limit, Page, paginate
 from app.records import ModelRecord
 from app.repository import get_owned, owned
@@ -66,6 +67,12 @@ def download_model(model_id: str, request: Request, tenant: TenantDep, session: 
     suffix = {"onnx": ".onnx", "pt2": ".pt2"}.get(record.format, "")
     filename = record.name if record.name.endswith(suffix) else f"{record.name}{suffix}"
     return file_response(request, store.path(record.uri), record.sha256, filename, "application/octet-stream")
+
+
+@router.get("/{model_id}/lineage", response_model=LineageOut, responses=ERRORS)
+def get_lineage(model_id: str, tenant: TenantDep, session: SessionDep) -> dict:
+    """Ancestors (parent first, up to the upload) and the tree of descendants, each with the job that produced it."""
+    return lineage(session, tenant.id, model_id)
 
 
 @router.delete("/{model_id}", status_code=204, responses={409: {"description": "Jobs still use this model."}, **ERRORS})
