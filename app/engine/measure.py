@@ -7,6 +7,7 @@ psutil and onnxruntime are imported inside the functions.
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -20,6 +21,7 @@ from app.engine.registry import Device, ProgressFn, TechniqueError, UnsupportedM
 from app.engine.session import create_session, run_session, short_reason, used_provider
 
 TICK_NS = 500_000_000
+CI_CHECK_NS = 100_000_000
 FeedFn = Callable[[Sequence[Mapping[str, Any]], int], dict[str, Any]]
 
 
@@ -38,8 +40,6 @@ def time_runs(
 
     ``tick`` is called about every TICK_NS between runs (outside the timed span): it is how a
     long point reports that it is alive and learns that its job was cancelled (it may raise)."""
-    import numpy as np
-
     deadline = time.perf_counter_ns() + int(params.max_seconds * 1e9)
     warm = 0
     for warm in range(1, params.warmup + 1):  # at least one: it also surfaces run errors
@@ -50,6 +50,7 @@ def time_runs(
     timed = 0
     min_ns = int(params.min_seconds * 1e9)
     next_tick = time.perf_counter_ns() + TICK_NS
+    next_ci = 0
     while True:
         t0 = time.perf_counter_ns()
         try:
@@ -64,12 +65,42 @@ def time_runs(
         if len(times) >= params.max_runs or t1 >= deadline:
             break
         if len(times) >= params.min_runs and timed >= min_ns:
-            break
+            if params.ci_target is None:
+                break
+            if t1 >= next_ci:  # sorting every run would cost more than the runs of a small model
+                if median_ci_rel(times) <= params.ci_target:
+                    break
+                next_ci = t1 + CI_CHECK_NS
         if tick is not None and t1 >= next_tick:
             tick()  # outside the try: a cancellation raised here must reach the worker as is
             next_tick = time.perf_counter_ns() + TICK_NS
+    return {**summarize(times, batch_size, timed), "warmup_runs": warm,
+            # True when max_seconds cut timing short of min_runs: fewer samples, wider error.
+            "budget_exhausted": len(times) < params.min_runs,
+            "noisy": params.ci_target is not None and median_ci_rel(times) > params.ci_target,
+            "session_create_ms": None if session_create_ms is None else round(session_create_ms, 3)}
+
+
+def median_ci_rel(times: list[int]) -> float:
+    """Half-width of a distribution-free 95% confidence interval of the median (order
+    statistics n/2 +- 0.98 sqrt(n)), relative to the median."""
+    n = len(times)
+    if n < 10:
+        return math.inf
+    ordered = sorted(times)
+    half = 0.98 * math.sqrt(n)
+    lo, hi = ordered[max(0, math.floor(n / 2 - half))], ordered[min(n - 1, math.ceil(n / 2 + half))]
+    median = ordered[n // 2]
+    return (hi - lo) / (2 * median) if median > 0 else math.inf
+
+
+def summarize(times: list[int], batch_size: int, timed_ns: int | None = None) -> dict[str, Any]:
+    """Latency statistics of timed runs (nanoseconds) in the report's units."""
+    import numpy as np
+
     ms = np.asarray(times, dtype=np.float64) / 1e6
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    timed_ns = timed_ns if timed_ns is not None else sum(times)
     return {
         "batch_size": batch_size,
         "p50_ms": round(p50, 4),
@@ -80,11 +111,8 @@ def time_runs(
         "min_ms": round(float(ms.min()), 4),
         "max_ms": round(float(ms.max()), 4),
         "runs": len(times),
-        "warmup_runs": warm,
-        # True when max_seconds cut timing short of min_runs: fewer samples, wider error.
-        "budget_exhausted": len(times) < params.min_runs,
-        "throughput_items_per_s": round(batch_size * len(times) / (timed / 1e9), 2),
-        "session_create_ms": None if session_create_ms is None else round(session_create_ms, 3),
+        "ci_rel_half_width": round(median_ci_rel(times), 5) if len(times) >= 10 else None,
+        "throughput_items_per_s": round(batch_size * len(times) / (timed_ns / 1e9), 2),
     }
 
 
@@ -97,8 +125,9 @@ def measure_grid(
     progress: ProgressFn,
     span: tuple[float, float] = (0.0, 1.0),
     what: str = "generated",
+    providers: Sequence[str | None] = (None,),
 ) -> dict[str, Any]:
-    """Time every model in ``models`` at every (threads, batch) point.
+    """Time every model in ``models`` at every (provider, threads, batch) point.
 
     For each point all models get the SAME feed and are timed back to back in the same
     process, so a ratio between them is a fair comparison. Returns ``points`` (one per
@@ -108,10 +137,10 @@ def measure_grid(
     points: list[dict[str, Any]] = []
     skipped: dict[int, str] = {}
     provider = ""
-    total = len(params.threads) * len(params.batch_sizes)
+    total = len(providers) * len(params.threads) * len(params.batch_sizes)
     step = 0
-    for threads in params.threads:
-        sessions = {k: create_session(p, threads, device) for k, p in models.items()}
+    for wanted, threads in ((p, t) for p in providers for t in params.threads):
+        sessions = {k: create_session(p, threads, device, wanted) for k, p in models.items()}
         first = next(iter(sessions.values()))[0]
         provider = used_provider(first)
         if specs is None:
@@ -123,12 +152,13 @@ def measure_grid(
                 skipped[batch] = conflict
                 continue
             fraction = span[0] + (span[1] - span[0]) * (step - 1) / total
-            stage = f"benchmark bs={batch} threads={threads}"
+            stage = f"benchmark bs={batch} threads={threads}" + (f" {provider}" if len(providers) > 1 else "")
             progress(fraction, stage)
             feed = make_feed(specs, batch)
             point: dict[str, Any] = {
                 "batch_size": batch,
                 "threads": threads,
+                "provider": provider,
                 "input_shapes": {k: [int(d) for d in v.shape] for k, v in feed.items()},
             }
             for label, (session, create_ms) in sessions.items():

@@ -67,6 +67,13 @@ class MeasureParams(Params):
         "even if min_runs was not.",
         json_schema_extra={"examples": [30.0]},
     )
+    ci_target: float | None = Field(
+        default=None, gt=0.0, le=0.5,
+        description="Keep timing a point until the 95% confidence interval of its p50 is "
+        "narrower than this fraction of the p50 (e.g. 0.02 = +-2%), or max_seconds runs out; "
+        "a point that never gets there is marked noisy. null = stop at min_runs/min_seconds.",
+        json_schema_extra={"examples": [0.02]},
+    )
     dims: dict[str, DimValue] = Field(
         default_factory=dict,
         description="Values for symbolic input dimensions other than the batch dimension, by "

@@ -52,7 +52,31 @@ def providers_for(device: Device) -> tuple[list[str], str | None]:
     return ["CPUExecutionProvider"], None
 
 
-def create_session(path: Path, threads: int, device: Device = "cpu") -> tuple[Any, float]:
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}
+
+
+def sweep_providers(device: Device, wanted: list[str] | None) -> tuple[list[str], list[str]]:
+    """Which providers a benchmark sweeps: the requested ones (short names) this build has, or by
+    default every one it has for the device. Returns (provider names, notes for those missing)."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    if wanted is None:
+        wanted = ["cpu"] if device == "cpu" else ["tensorrt", "cuda", "cpu"]
+        keep = [PROVIDER_NAMES[w] for w in wanted if PROVIDER_NAMES[w] in available]
+        return (keep if device == "cpu" or len(keep) == 1 else [k for k in keep if k != "CPUExecutionProvider"]), []
+    keep = [PROVIDER_NAMES[w] for w in wanted if PROVIDER_NAMES[w] in available]
+    notes = [f"provider {w!r} is not available on this worker (it has {sorted(available)}); skipped"
+             for w in wanted if PROVIDER_NAMES[w] not in available]
+    if not keep:
+        raise TechniqueError(f"none of the requested providers {wanted} is available on this worker "
+                             f"(it has {sorted(available)})", type="provider_unavailable")
+    return keep, notes
+
+
+def create_session(path: Path, threads: int, device: Device = "cpu",
+                   provider: str | None = None) -> tuple[Any, float]:
     """Return (InferenceSession, creation time in ms).
 
     Sequential execution with one inter-op thread so ``threads`` alone decides parallelism and
@@ -66,7 +90,11 @@ def create_session(path: Path, threads: int, device: Device = "cpu") -> tuple[An
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: warnings would flood the worker log per session
-    providers, _ = providers_for(device)
+    if provider is None:
+        providers, _ = providers_for(device)
+    else:  # CPU stays last: ORT places the nodes a GPU provider can't run there
+        providers = list(dict.fromkeys([provider, *(["CUDAExecutionProvider"] if provider.startswith("Tensorrt") else []),
+                                        "CPUExecutionProvider"]))
     start = time.perf_counter_ns()
     try:
         session = ort.InferenceSession(str(path), opts, providers=providers)
