@@ -262,3 +262,23 @@ def test_lineage(deployment, mlp_onnx):
     up = api.get(f"/v1/models/{grandchild}/lineage").json()
     assert [a["id"] for a in up["ancestors"]] == [child["id"], model["id"]] and up["ancestors"][-1]["job"] is None
     assert deployment.new_client().get(f"/v1/models/{grandchild}/lineage").status_code == 404
+
+
+def test_compare_through_the_api(deployment, mlp_onnx):
+    api = deployment.new_client()
+    a = upload(api, mlp_onnx).json()
+    quick = {"batch_sizes": [1], "min_runs": 3, "min_seconds": 0.01}
+    q = api.wait_job(api.post("/v1/jobs", json={"model_id": a["id"], "technique": "quantize.dynamic", "params": quick}).json()["id"])
+    r = api.post("/v1/jobs", json={"model_id": a["id"], "technique": "compare",
+                                   "params": {"model_ids": [q["output_model_id"]], "batch_sizes": [1, 8], "min_runs": 10,
+                                              "min_seconds": 0.01, "max_seconds": 1}})
+    job = api.wait_job(r.json()["id"])
+    assert job["status"] == "succeeded", job
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert [m["id"] for m in report["models"]] == ["job-model", q["output_model_id"]]
+    assert all(p["ratios"][q["output_model_id"]] > 0 for p in report["points"])
+    # Another tenant's model can't be named in the params: 404 before anything is queued.
+    other = deployment.new_client()
+    mine = upload(other, mlp_onnx).json()
+    r = other.post("/v1/jobs", json={"model_id": mine["id"], "technique": "compare", "params": {"model_ids": [a["id"]]}})
+    assert r.status_code == 404 and other.get("/v1/jobs").json()["items"] == []

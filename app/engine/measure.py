@@ -81,6 +81,39 @@ def time_runs(
             "session_create_ms": None if session_create_ms is None else round(session_create_ms, 3)}
 
 
+def time_interleaved(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_size: int,
+                     params: MeasureParams, chunk: int = 5, what: str = "generated",
+                     tick: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Time several models on the same feed in rounds (A B C A B C ...): drift in the machine
+    (another process, thermal state) hits all of them alike, so their ratios stay fair.
+    Stops when every model has min_runs, min_seconds and (with ci_target) a settled p50, or
+    when max_seconds per model runs out."""
+    for session in sessions.values():
+        for _ in range(params.warmup):
+            run_session(session, feed, what)
+    times: dict[str, list[int]] = {k: [] for k in sessions}
+    deadline = time.perf_counter_ns() + int(params.max_seconds * 1e9) * len(sessions)
+    min_ns = int(params.min_seconds * 1e9)
+
+    def settled(ts: list[int]) -> bool:
+        return (len(ts) >= params.min_runs and sum(ts) >= min_ns
+                and (params.ci_target is None or median_ci_rel(ts) <= params.ci_target))
+
+    while True:
+        for label, session in sessions.items():
+            for _ in range(chunk):
+                t0 = time.perf_counter_ns()
+                run_session(session, feed, what)
+                times[label].append(time.perf_counter_ns() - t0)
+        if tick is not None:
+            tick()
+        if all(settled(ts) for ts in times.values()) or time.perf_counter_ns() >= deadline or \
+                min(len(ts) for ts in times.values()) >= params.max_runs:
+            break
+    return {label: {**summarize(ts, batch_size), "noisy": params.ci_target is not None and median_ci_rel(ts) > params.ci_target}
+            for label, ts in times.items()}
+
+
 def median_ci_rel(times: list[int]) -> float:
     """Half-width of a distribution-free 95% confidence interval of the median (order
     statistics n/2 +- 0.98 sqrt(n)), relative to the median."""
