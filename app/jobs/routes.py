@@ -1,13 +1,16 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import HTMLResponse
 
 from app import idempotency
 from app.deps import CeleryDep, SessionDep, SettingsDep, TenantDep
 from app.idempotency import IdempotencyKey
 from app.jobs import service
+from app.models.lineage import lineage
+from app.reports.render import render_report_html
 from app.jobs.schemas import JobCreate, JobOut, Status
 from app.pagination import Cursor, Limit, Page, paginate
 from app.records import JobRecord
@@ -56,6 +59,24 @@ def get_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobRecord:
 def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobRecord:
     """Cancel a queued job at once; a running one stops at its next progress check."""
     return service.cancel(session, tenant, job_id)
+
+
+@router.get("/{job_id}/report.html", response_class=HTMLResponse, responses={
+    200: {"description": "A self-contained HTML page (inline SVG charts, no external requests).",
+          "content": {"text/html": {"example": "<!doctype html><html>...</html>"}}},
+    409: {"description": "The job has no report yet."}, **ERRORS,
+})
+def get_report_html(job_id: str, tenant: TenantDep, session: SessionDep,
+                    download: Annotated[bool, Query(description="Send as a file download.")] = False) -> HTMLResponse:
+    """The report as a page people look at: summary, latency and throughput charts, the Pareto
+    front of candidates, environment, lineage and the raw numbers. `?download=true` saves it."""
+    job = get_owned(session, JobRecord, tenant.id, job_id, "job")
+    report = service.report(session, tenant, job_id)
+    anchor = job.output_model_id or job.model_id
+    family = lineage(session, tenant.id, anchor) if anchor else None
+    html = render_report_html(report, job=JobOut.model_validate(job).model_dump(mode="json"), lineage=family)
+    headers = {"Content-Disposition": f'attachment; filename="lathe-report-{job.id}.html"'} if download else None
+    return HTMLResponse(html, headers=headers)
 
 
 @router.get("/{job_id}/report", response_model=dict[str, Any], responses={

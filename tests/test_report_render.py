@@ -1,0 +1,249 @@
+"""The HTML report page: every engine report shape renders, the page is self-contained, user
+strings are escaped, partial reports degrade to "n/a", and output size stays bounded.
+Pure-function tests (no database, broker or worker): the renderer takes plain dicts."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from app.reports.render import render_report_html
+from app.reports.svg import Point, pareto_front
+from app.reports.svg_scale import log_ticks, tick_labels
+
+DATA = Path(__file__).parent / "data" / "reports"
+SAMPLES = sorted(p.stem for p in DATA.glob("*.json"))
+EXPECTED_CHARTS = {
+    "benchmark": {"latency", "throughput"},
+    "quantize.dynamic": {"latency", "throughput"},
+    "quantize.static": {"latency", "throughput"},
+    "quantize.auto": {"latency", "throughput", "pareto"},
+    "evaluate": set(),
+    "pipeline": {"latency", "throughput", "pareto"},
+    "compare": {"latency", "throughput", "pareto"},
+}
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+JOB = {"id": "job1", "model_id": "m1", "technique": "x", "status": "succeeded", "params": {"a": 1},
+       "created_at": "2026-11-28T08:00:00Z"}
+
+
+class Page(HTMLParser):
+    """Collects tags and attributes, and fails on unbalanced or mismatched tags."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.errors: list[str] = []
+        self.feed(html)
+        self.close()
+        if self.stack:
+            self.errors.append(f"unclosed: {self.stack}")
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> does not close {self.stack[-1:] or 'anything'}")
+        else:
+            self.stack.pop()
+
+    def charts(self) -> list[dict]:
+        return [a for t, a in self.tags if t == "svg" and a.get("class") == "chart"]
+
+
+def load(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def render(report, job=JOB, lineage=None) -> tuple[str, Page]:
+    html = render_report_html(report, job=job, lineage=lineage)
+    page = Page(html)
+    assert page.errors == [], page.errors[:5]
+    # A section that raised is replaced by a note; none of our inputs should get there.
+    assert "could not be rendered" not in html
+    return html, page
+
+
+def assert_self_contained(html: str, page: Page) -> None:
+    for tag, attrs in page.tags:
+        assert tag not in {"script", "link", "img", "iframe", "object", "embed", "base", "form"}, tag
+        for key, value in attrs.items():
+            assert not key.startswith("on"), (tag, key)
+            if key in {"src", "href", "xlink:href", "action", "srcset", "poster", "data"}:
+                # In-page links only, and each one lands on a section that exists.
+                assert value and value.startswith("#") and f'id="{value[1:]}"' in html, (tag, key, value)
+    lowered = html.lower()
+    assert "<script" not in lowered and "url(" not in lowered and "@import" not in lowered
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_every_sample_renders_with_its_charts(name):
+    html, page = render(load(name))
+    charts = page.charts()
+    assert {c.get("data-chart") for c in charts} == EXPECTED_CHARTS[name]
+    for c in charts:
+        assert c.get("aria-label")
+    assert html.count('<svg class="chart"') == len(charts)
+    # Every chart's first child is its <title>.
+    for i, (tag, attrs) in enumerate(page.tags):
+        if tag == "svg" and attrs.get("class") == "chart":
+            assert page.tags[i + 1][0] == "title"
+    assert_self_contained(html, page)
+    assert 'id="environment"' in html and "AMD EPYC" in html
+    assert "<details" in html and "Raw JSON" in html
+
+
+def test_summary_card_numbers():
+    html, _ = render(load("quantize.dynamic"))
+    assert "0.85× – 0.94×" in html and "0.32×" in html and "top-1 0.9961 → 0.9961" in html
+    assert "✗ not faster" in html and "✓ smaller" in html and "✓ within tolerance" in html
+    html, _ = render(load("compare"))
+    assert "2.00× faster" in html and "top-1 0.98 → 0.975" in html
+
+
+def test_pipeline_shows_every_step():
+    report = load("pipeline")
+    html, page = render(report)
+    assert "Step 1 · quantize.static" in html and "Step 2 · benchmark" in html
+    # Each step reuses the per-report charts: 1 overview latency + 1 per step, throughput per step.
+    kinds = [c["data-chart"] for c in page.charts()]
+    assert kinds.count("latency") == 3 and kinds.count("throughput") == 2 and kinds.count("pareto") == 1
+
+
+def test_quantize_auto_lists_every_candidate_and_layer():
+    html, _ = render(load("quantize.auto"))
+    assert "dynamic-per-channel" in html and "chosen" in html and "/0/Gemm" in html and "/2/Gemm" in html
+
+
+def test_benchmark_recommendation_sla_and_noisy_points():
+    report = load("benchmark")
+    for i, r in enumerate(report["results"]):
+        r.update(provider="CPUExecutionProvider", ci_rel_half_width=0.25 if i == 1 else 0.01, noisy=i == 1)
+    report["recommendation"] = {"sla": {"max_latency_ms": 0.02, "min_throughput": None, "latency_stat": "p99"},
+                                "best": {"batch_size": 32, "threads": 2, "provider": "CPUExecutionProvider",
+                                         "p99_ms": 0.0233, "throughput_items_per_s": 1917304.16},
+                                "reason": "highest throughput <within> the SLA"}
+    html, _ = render(report)
+    assert "Recommended" in html and "highest throughput &lt;within&gt; the SLA" in html
+    assert 'class="ref"' in html and "SLA p99 ≤ 0.02 ms" in html  # the vertical SLA line
+    assert 'class="hl"' in html  # the recommended point is ringed
+    assert 'fill="#fff"' in html and "noisy" in html and "±25.0%" in html  # marked, not hidden
+    report["recommendation"]["best"] = None
+    html, _ = render(report)
+    assert "No configuration meets the SLA" in html
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def test_user_strings_are_escaped_everywhere():
+    report = load("compare")
+    report["models"][0]["label"] = EVIL
+    report["notes"] = [EVIL]
+    pipeline = load("pipeline")
+    pipeline["steps"][0]["technique"] = EVIL
+    pipeline["steps"][0]["params"] = {"x": '"><img src=x onerror=alert(1)>'}
+    job = {**JOB, "params": {"name": EVIL}, "status": "failed", "error": {"type": EVIL, "detail": "</pre>" + EVIL}}
+    lineage = {"model": {"id": EVIL, "name": EVIL}, "ancestors": [{"id": "a", "name": EVIL, "job": None}],
+               "descendants": [{"id": "d", "name": EVIL, "job": {"technique": EVIL}, "children": []}]}
+    for rep in (report, pipeline):
+        html, page = render(rep, job=job, lineage=lineage)
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert_self_contained(html, page)
+        assert "<img" not in html and "{" + "EVIL" not in html
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_reports_with_most_fields_missing_still_render(name):
+    report = load(name)
+    render({k: report[k] for k in ("technique", "schema_version")})
+    render({})
+    render(None, job=None, lineage=None)  # type: ignore[arg-type]
+    # Random deletions and wrong types all the way down: degrade to "n/a", never raise.
+    rng = random.Random(name)
+    lineage = {"model": {"id": 1}, "ancestors": [{}], "descendants": [{"children": [None]}]}
+    for _ in range(25):
+        render(_mangle(copy.deepcopy(report), rng), lineage=_mangle(lineage, rng))
+
+
+def _mangle(value, rng: random.Random):
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            roll = rng.random()
+            if roll < 0.25:
+                continue
+            out[k] = rng.choice([None, "x", [], {}, -1, float("nan"), True]) if roll < 0.4 else _mangle(v, rng)
+        return out
+    if isinstance(value, list):
+        return [_mangle(v, rng) for v in value if rng.random() > 0.2]
+    return value
+
+
+def test_huge_reports_stay_bounded():
+    def bench(n: int) -> dict:
+        report = load("benchmark")
+        row = report["results"][0]
+        report["results"] = [{**row, "batch_size": 1 + i % 64, "threads": 1 + i // 64, "p50_ms": 0.01 * (1 + i % 64)}
+                             for i in range(n)]
+        return report
+
+    html_1k, page = render(bench(1_000))
+    assert "Showing the first 200 of 1,000 measured points" in html_1k
+    assert "more points not drawn" in html_1k
+    html_10k, _ = render(bench(10_000))
+    assert "Raw JSON truncated" in html_10k
+    assert len(html_10k) < 1_200_000 and len(html_10k) < 1.6 * len(html_1k)
+
+
+def test_lineage_reads_from_the_upload_and_is_bounded():
+    kids = [{"id": f"k{i}", "name": f"kid{i}", "job": {"technique": "prune"}, "children": []} for i in range(1_000)]
+    lineage = {"model": {"id": "m", "name": "current.onnx", "job": {"technique": "quantize.static"}},
+               "ancestors": [{"id": "p", "name": "parent.onnx", "job": {"technique": "distill"}},
+                             {"id": "r", "name": "root.onnx", "job": None}],
+               "descendants": kids, "truncated": True}
+    html, _ = render(load("quantize.static"), lineage=lineage)
+    assert html.index("root.onnx") < html.index("parent.onnx") < html.index("current.onnx")
+    assert "kid199" in html and "kid200" not in html and "more not shown" in html
+
+
+def test_pareto_front_and_ticks():
+    pts = [Point(1, 0.9), Point(2, 0.95), Point(3, 0.94), Point(0.5, 0.8), Point(2, 0.7)]
+    assert [(p.x, p.y) for p in pareto_front(pts)] == [(0.5, 0.8), (1, 0.9), (2, 0.95)]
+    assert log_ticks(0.005, 3.5) == [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+    assert log_ticks(1, 32, base=2) == [1, 2, 4, 8, 16, 32]
+    assert tick_labels([0, 500_000, 1_000_000, 1_500_000]) == ["0", "500k", "1M", "1.5M"]
+    assert tick_labels([0.9998, 0.99985, 0.9999]) == ["0.9998", "0.99985", "0.9999"]
+
+
+def test_a_failing_section_costs_that_section_not_the_page(monkeypatch):
+    import app.reports.render as render_mod
+
+    def boom(report):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(render_mod, "charts", boom)
+    html = render_report_html(load("benchmark"), job=JOB, lineage=None)
+    assert "could not be rendered (KeyError)" in html and "Measured points" in html and not Page(html).errors
+
+
+def test_renderer_is_a_pure_module():
+    code = ("import sys, app.reports.render; heavy = {'fastapi', 'sqlalchemy', 'celery', 'onnx', 'onnxruntime', 'torch', "
+            "'numpy', 'jinja2'}; print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
