@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.db import transaction
 from app.errors import Unauthorized
 from app.settings import Settings
 from app.store import LocalStore
@@ -19,15 +20,8 @@ from app.tenants.service import Tenant
 
 def _session(request: Request) -> Iterator[Session]:
     """One transaction per request: commit on success, roll back on error. Services only flush."""
-    session = request.app.state.sessionmaker()
-    try:
+    with transaction(request.app.state.sessionmaker) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": commit before the response is sent, so a client that reads what it just

@@ -67,6 +67,16 @@ def workers(hard):
         w.stop()
 
 
+def _wide_relu(folder):
+    """Relu over [batch, n], n symbolic: params choose how much memory and time a run takes."""
+    path = folder / "wide.onnx"
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def _upload(api, path) -> str:
     r = api.post("/v1/models", files={"file": ("m.onnx", path.read_bytes())})
     assert r.status_code == 201, r.text
@@ -153,11 +163,7 @@ def test_cancel_a_job_stuck_in_native_code_kills_it(hard, workers, tmp_path):
     """A job that never reaches a progress check is ended by its guard after the grace period."""
     api = hard.new_client()
     # One huge run per timing loop iteration: ~seconds inside onnxruntime between checks.
-    path = tmp_path / "wide.onnx"
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = _wide_relu(tmp_path)
     workers()
     job_id = _job(api, _upload(api, path), {"batch_sizes": [4096], "dims": {"n": 20000}, "warmup": 50,
                                           "min_runs": 1000, "max_runs": 1000, "min_seconds": 60, "max_seconds": 60})
@@ -171,12 +177,7 @@ def test_cancel_a_job_stuck_in_native_code_kills_it(hard, workers, tmp_path):
 
 def test_time_and_memory_limits(hard, workers, tmp_path):
     api = hard.new_client()
-    path = tmp_path / "wide.onnx"
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    model = _upload(api, path)
+    model = _upload(api, _wide_relu(tmp_path))
     timed = workers(LATHE_JOB_SOFT_TIME_LIMIT_S="3", LATHE_JOB_TIME_LIMIT_S="5")
     slow = _job(api, model, {"batch_sizes": [1024], "dims": {"n": 1024}, "min_seconds": 30, "max_seconds": 30,
                              "min_runs": 5, "max_runs": 100000})
