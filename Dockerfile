@@ -47,7 +47,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # `lathe migrate`, and README.md is there for the package metadata. Dependencies are already in
 # place, so this is quick.
 COPY . .
-RUN pip install . \
+RUN pip install --no-deps onnx2torch==1.5.15 \
+ && pip install . \
  && rm -rf build *.egg-info
 
 USER lathe

@@ -17,8 +17,9 @@ with TestClient(create_app(Settings(data_dir=sys.argv[1]))) as c:
     assert c.get('/healthz').status_code == 200
 from app.engine.registry import all_techniques
 for t in all_techniques().values():
-    t.Params()
-    t.Params.model_json_schema()
+    schema = t.Params.model_json_schema()
+    if not schema.get("required"):
+        t.Params()  # defaults validate too
 heavy = sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules)
 print(heavy)
 """

@@ -48,6 +48,12 @@ def test_clean_pt2_is_accepted(api, clean_pt2):
     assert body["meta"]["pickles_checked"] >= 1
     d = api.get(f"/v1/models/{body['id']}/file")
     assert d.content == clean_pt2.read_bytes() and 'filename="cnn.pt2"' in d.headers["content-disposition"]
+    # An ONNX child is queued on upload, so every ONNX technique applies to the program.
+    job = api.wait_job(body["meta"]["conversion_job_id"], timeout=180)
+    assert job["status"] == "succeeded" and job["technique"] == "convert.onnx", job
+    child = api.get(f"/v1/models/{job['output_model_id']}").json()
+    assert child["format"] == "onnx" and child["parent_id"] == body["id"]
+    assert child["inputs"][0]["shape"][1:] == [1, 8, 8] and child["outputs"][0]["shape"][-1] == 10
 
 
 @pytest.mark.parametrize("where", ["cnn/data/sample_inputs/evil.pkl", "cnn/data/weights/weight_99"])
@@ -80,3 +86,20 @@ def test_pt2_zip_bomb_is_refused(api, clean_pt2):
         dst.writestr("cnn/data/weights/huge", b"\0" * (200 << 20))
     r = api.post("/v1/models", files={"file": ("bomb.pt2", bomb.getvalue())})
     assert r.status_code == 422 and "zip bomb" in r.json()["detail"]
+
+
+def test_tensor_bytes_that_look_like_a_pickle_are_not_mistaken_for_one(tmp_path):
+    """torch.save's raw storages (archive/data/<n>) are never unpickled by torch; their bytes
+    are arbitrary and may start with the pickle magic."""
+    from app.engine.pickle_scan import scan_archive
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": 1.0}, protocol=2))
+        z.writestr("archive/data/0", b"\x80\xae" + bytes(62))  # a float tensor starting with -0.0-ish bytes
+    path = tmp_path / "a.pt2"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("m/archive_format", "pt2")
+        z.writestr("m/data/sample_inputs/model.pt", inner.getvalue())
+    result = scan_archive(path)
+    assert result.pickles == ["m/data/sample_inputs/model.pt/archive/data.pkl"]

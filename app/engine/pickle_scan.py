@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import pickletools
+import re
 import zipfile
 from dataclasses import dataclass, field
 
@@ -38,6 +39,10 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
        ("builtins", "frozenset"), ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
        ("builtins", "slice"), ("builtins", "complex"), ("builtins", "bytearray"), ("_codecs", "encode")}
 )
+# torch.save keeps tensor bytes as archive/data/<n>, read raw through persistent_load and never
+# unpickled; random tensor bytes may well start like a pickle.
+STORAGE = re.compile(r"(^|/)data/\d+$")
+PROTOCOLS = {bytes([p]) for p in range(2, 6)}
 MAX_DEPTH = 3  # archives inside archives inside archives: deeper than torch ever writes
 
 
@@ -120,7 +125,8 @@ def scan_archive(source, where: str = "archive", depth: int = 0, result: ScanRes
                 with z.open(info) as f:
                     head = f.read(4)
                 looks_pickle = info.filename.endswith((".pkl", ".pickle")) or (
-                    head[:1] == b"\x80" and info.filename not in raw)
+                    head[:1] == b"\x80" and head[1:2] in PROTOCOLS and info.filename not in raw
+                    and not STORAGE.search(info.filename))
                 if head == b"PK\x03\x04":
                     if info.file_size > max_member_bytes:
                         raise UnsafeArchive(f"{label}: nested archive too large to check")

@@ -5,7 +5,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from app import idempotency
-from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from app.jobs.service import queue_conversion
 from app.downloads import file_response
 from app.idempotency import IdempotencyKey
 from app.models import service
@@ -31,8 +32,9 @@ ERRORS = {
     **ERRORS,
 })
 def upload_model(
-    tenant: TenantDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="The model file. Format is detected by content: ONNX.")],
+    tenant: TenantDep, session: SessionDep, store: StoreDep, settings: SettingsDep, celery: CeleryDep,
+    file: Annotated[UploadFile, File(description="The model file, format detected by content: ONNX, or a torch.export "
+                                                 "program (.pt2), which gets an ONNX child from an automatic convert.onnx job.")],
     name: Annotated[str | None, Form(max_length=255, examples=["resnet-digits"])] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
@@ -40,6 +42,8 @@ def upload_model(
     if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE):
         return cached
     record = service.upload(session, store, settings, tenant, file, name)
+    if record.format == "pt2":
+        record.meta = {**record.meta, **queue_conversion(session, celery, settings, tenant, record.id)}
     idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, 201, ModelOut.model_validate(record))
     return record
 

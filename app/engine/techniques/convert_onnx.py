@@ -1,0 +1,113 @@
+"""Technique ``convert.onnx``: a torch.export (.pt2) model → an ONNX child, so that every ONNX
+technique applies to it.
+
+The archive is scanned again here (the API scanned it at upload) before ``torch.export.load``,
+which would otherwise unpickle with full pickle powers. The program is re-exported with the
+dynamo exporter and a symbolic batch dimension where the program allows it, then the ONNX is
+run in onnxruntime on the program's own example inputs and compared with the program's outputs.
+Module top imports pydantic-level code only.
+"""
+
+from __future__ import annotations
+
+from pydantic import ConfigDict, Field
+
+from app.engine.registry import Context, Params, Result, Technique, UnsupportedModel, register
+
+SCHEMA_VERSION = 1
+
+
+class ConvertOnnxParams(Params):
+    model_config = ConfigDict(json_schema_extra={"examples": [{}, {"opset": 18}]})
+
+    opset: int = Field(default=18, ge=17, le=23, description="ONNX opset of the result.",
+                       json_schema_extra={"examples": [18]})
+    atol: float = Field(
+        default=1e-3, gt=0.0, le=1.0,
+        description="Largest absolute difference allowed between the program's and the ONNX "
+        "model's outputs on the program's example inputs.", json_schema_extra={"examples": [1e-3]})
+
+
+@register
+class ConvertOnnx(Technique):
+    name = "convert.onnx"
+    description = (
+        "Convert a torch.export (.pt2) program to ONNX (symbolic batch dimension where the "
+        "program allows it), verified in onnxruntime against the program's own outputs.")
+    Params = ConvertOnnxParams
+    produces_model = True
+
+    def run(self, ctx: Context) -> Result:
+        import warnings
+
+        import numpy as np
+        import torch
+
+        from app.engine.torch_utils.loading import is_pt2, load_pt2
+        from app.engine.torch_utils.export import io_specs
+        from app.engine.session import create_session, short_reason
+
+        p = ctx.params if isinstance(ctx.params, ConvertOnnxParams) else \
+            ConvertOnnxParams.model_validate(ctx.params)
+        if not is_pt2(ctx.model_path):
+            raise UnsupportedModel("this model is already ONNX; convert.onnx converts "
+                                   "torch.export (.pt2) programs")
+        ctx.progress(0.0, "checking and loading the archive")
+        program = load_pt2(ctx.model_path)
+        example = program.example_inputs
+        if example is None or example[1] or not all(isinstance(a, torch.Tensor) for a in example[0]):
+            raise UnsupportedModel("the archive has no example inputs (or non-tensor ones); "
+                                   "export with torch.export.export(model, (tensor, ...)) and save "
+                                   "it with torch.export.save")
+        args = tuple(example[0])
+        names = [s.arg.name for s in program.graph_signature.input_specs
+                 if s.kind.name == "USER_INPUT"]
+        outs = [s for s in program.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"]
+        out_names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+        module = program.module()
+        dynamic = tuple({0: torch.export.Dim("batch")} if a.dim() else None for a in args)
+        output = ctx.workdir / "model.onnx"
+        ctx.progress(0.2, "exporting to ONNX")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, str(output), input_names=names,
+                                  output_names=out_names, dynamic_shapes=dynamic,
+                                  opset_version=p.opset, dynamo=True, verbose=False,
+                                  external_data=False, artifacts_dir=str(ctx.workdir))
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+            raise UnsupportedModel(f"torch.onnx could not export this program ({reason})") from None
+        ctx.progress(0.8, "verifying in onnxruntime")
+        with torch.no_grad():
+            expected = module(*args)
+        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        session = create_session(output, 1, ctx.device)[0]
+        try:
+            got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+        except Exception as exc:
+            raise UnsupportedModel(f"the exported ONNX does not run in onnxruntime "
+                                   f"({short_reason(exc)})") from None
+        shapes = [list(g.shape) for g in got]
+        want = [list(e.shape) for e in expected]
+        errors = [float(np.abs(g - e.numpy()).max()) if g.size else 0.0 for g, e in zip(got, expected)]
+        if shapes != want or max(errors, default=0.0) > p.atol:
+            raise UnsupportedModel(f"the exported ONNX disagrees with the program: shapes {shapes} "
+                                   f"vs {want}, max abs error {max(errors, default=0.0):.3g}")
+        inputs, outputs = io_specs(output)
+        symbolic = all(isinstance(s["shape"][0], str) for s in inputs if s["shape"])
+        notes = [] if symbolic else [
+            "the program was exported with a fixed batch size, so the ONNX model has one too; "
+            "export with dynamic_shapes={0: torch.export.Dim('batch')} for a symbolic batch"]
+        report = {
+            "schema_version": SCHEMA_VERSION, "technique": self.name,
+            "parent": {"format": "pt2", "size_bytes": ctx.model_path.stat().st_size},
+            "result": {"format": "onnx", "size_bytes": output.stat().st_size, "opset": p.opset,
+                       "inputs": inputs, "outputs": outputs},
+            "verification": {"onnxruntime_loaded": True, "output_shapes": shapes,
+                             "output_shapes_match_program": True,
+                             "max_abs_error": max(errors, default=0.0),
+                             "example_input_shapes": [list(a.shape) for a in args]},
+            "symbolic_batch": symbolic, "torch": torch.__version__, "notes": notes,
+        }
+        return Result(report=report, output_path=output)
