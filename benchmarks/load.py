@@ -1,18 +1,25 @@
 """Load: 50 jobs kept in flight plus 200 reads/s for a minute, against the production shape
-(PostgreSQL + Redis, one `lathe api`, two `lathe worker`s). Prints errors, lost jobs and
-latency percentiles.
+(PostgreSQL + Redis, one `lathe api` with two processes, two `lathe worker`s). Prints errors,
+lost jobs and latency percentiles.
 
     .venv/bin/python benchmarks/load.py [--seconds 60] [--inflight 50] [--rate 200]
 
-A job is "lost" if it has not succeeded once the run has drained (3 minutes at most).
+Reads come from `wrk` (Debian's package; C, so the load generator doesn't eat the cores the
+service needs), paced with a per-connection delay to the requested rate, over GET /v1/models/{id},
+GET /v1/jobs/{id} and GET /v1/jobs?limit=20. Jobs are driven from Python: 50 submitted, each
+replaced as soon as the job list shows it finished. A job is "lost" if it has not succeeded once
+the run has drained (3 minutes at most).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,77 +32,59 @@ from benchmarks.deploy import deployment  # noqa: E402
 from benchmarks.service import tiny_onnx  # noqa: E402
 
 FINAL = ("succeeded", "failed", "cancelled")
+LUA = """
+local paths = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", paths[(i %% #paths) + 1], {["Authorization"] = "%s"})
+end
+delay = function() return %d end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT requests=%%d non2xx=%%d errors=%%d p50=%%.3f p95=%%.3f p99=%%.3f max=%%.3f\\n",
+    summary.requests, summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
 
 
-async def run(base: str, headers: dict, model_id: str, args) -> dict:
-    """Open loop: a read every 1/rate s whatever the latency. Reads rotate over the jobs in
-    flight (that is also how the load sees a job finish and replaces it), the job list and
-    the model."""
-    read_lat: list[float] = []
-    submit_lat: list[float] = []
-    errors: dict[str, int] = {}
-    submitted: list[str] = []
-    inflight: list[str] = []
-    stop = time.monotonic() + args.seconds
+def drive_jobs(c: httpx.Client, model_id: str, args, stop: float) -> dict:
     body = {"model_id": model_id, "technique": "benchmark",
-            "params": {"batch_sizes": [1, 4], "warmup": 2, "min_runs": 10, "min_seconds": 0.05}}
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30, limits=limits) as c:
+            "params": {"batch_sizes": [1, 4], "warmup": 2, "min_runs": 10, "min_seconds": 0.05, "max_seconds": 1}}
+    submitted, inflight, submit_ms, errors = [], set(), [], 0
 
-        def err(kind: str) -> None:
-            errors[kind] = errors.get(kind, 0) + 1
+    def submit() -> None:
+        nonlocal errors
+        t0 = time.perf_counter()
+        r = c.post("/v1/jobs", json=body)
+        submit_ms.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 202:
+            errors += 1
+            return
+        submitted.append(r.json()["id"])
+        inflight.add(r.json()["id"])
 
-        async def submit() -> None:
-            t0 = time.perf_counter()
-            try:
-                r = await c.post("/v1/jobs", json=body)
-            except httpx.HTTPError as exc:
-                err(f"POST {type(exc).__name__}")
-                return
-            submit_lat.append((time.perf_counter() - t0) * 1000)
-            if r.status_code != 202:
-                err(f"POST /v1/jobs {r.status_code}")
-                return
-            submitted.append(r.json()["id"])
-            inflight.append(r.json()["id"])
-
-        async def one_read(i: int) -> None:
-            job_id = inflight[i % len(inflight)] if inflight and i % 5 < 3 else None
-            url = f"/v1/jobs/{job_id}" if job_id else "/v1/jobs?limit=20" if i % 5 == 3 else f"/v1/models/{model_id}"
-            t0 = time.perf_counter()
-            try:
-                r = await c.get(url)
-            except httpx.HTTPError as exc:
-                err(f"GET {type(exc).__name__}")
-                return
-            read_lat.append((time.perf_counter() - t0) * 1000)
-            if r.status_code != 200:
-                err(f"GET {r.status_code}")
-            elif job_id and r.json()["status"] in FINAL and job_id in inflight:
-                inflight.remove(job_id)
+    for _ in range(args.inflight):
+        submit()
+    while time.monotonic() < stop:
+        time.sleep(0.5)
+        items = c.get("/v1/jobs", params={"limit": 200}).json()["items"]
+        for job in items:
+            if job["id"] in inflight and job["status"] in FINAL:
+                inflight.discard(job["id"])
                 if time.monotonic() < stop:
-                    await submit()  # keep `inflight` jobs going
-
-        await asyncio.gather(*[submit() for _ in range(args.inflight)])
-        tasks, i, t0 = [], 0, time.monotonic()
-        while time.monotonic() < stop:
-            tasks.append(asyncio.create_task(one_read(i)))
-            i += 1
-            await asyncio.sleep(max(0.0, t0 + i / args.rate - time.monotonic()))
-        await asyncio.gather(*tasks)
-        sent_reads = i
-        drain_until = time.monotonic() + 180  # let the jobs still in flight finish
-        final: dict[str, str] = {}
-        for job_id in submitted:
-            while True:
-                status = (await c.get(f"/v1/jobs/{job_id}")).json()["status"]
-                if status in FINAL or time.monotonic() > drain_until:
-                    break
-                await asyncio.sleep(0.5)
-            final[job_id] = status
-    lost = sum(1 for s in final.values() if s != "succeeded")
-    return {"reads": sent_reads, "read_lat": read_lat, "submit_lat": submit_lat, "errors": errors,
-            "jobs": len(submitted), "succeeded": sum(s == "succeeded" for s in final.values()), "lost": lost}
+                    submit()
+    drain = time.monotonic() + 180
+    final = {}
+    for job_id in submitted:
+        while True:
+            status = c.get(f"/v1/jobs/{job_id}").json()["status"]
+            if status in FINAL or time.monotonic() > drain:
+                break
+            time.sleep(0.5)
+        final[job_id] = status
+    return {"jobs": len(submitted), "succeeded": sum(s == "succeeded" for s in final.values()),
+            "lost": sum(s != "succeeded" for s in final.values()), "submit_ms": submit_ms, "errors": errors}
 
 
 def main() -> None:
@@ -105,26 +94,43 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--api-processes", type=int, default=2)
     args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed for the read load: apt-get install wrk")
+    connections = 24
     with tempfile.TemporaryDirectory() as tmp, deployment(
             "production", Path(tmp), workers=2, api_processes=args.api_processes,
-            LATHE_MAX_ACTIVE_JOBS_PER_TENANT=str(args.inflight * 2)) as (client, _env):
+            LATHE_MAX_ACTIVE_JOBS_PER_TENANT=str(args.inflight * 2)) as (c, _env):
         p = Path(tmp) / "tiny.onnx"
         tiny_onnx(p)
-        model_id = client.post("/v1/models", files={"file": ("tiny.onnx", p.read_bytes())}).json()["id"]
-        t0 = time.monotonic()
-        r = asyncio.run(run(str(client.base_url), dict(client.headers), model_id, args))
-        elapsed = time.monotonic() - t0
-    rl, sl = np.array(r["read_lat"]), np.array(r["submit_lat"])
-    print(f"\nload: {args.inflight} jobs in flight + {args.rate:.0f} reads/s for {args.seconds:.0f} s "
+        model_id = c.post("/v1/models", files={"file": ("tiny.onnx", p.read_bytes())}).json()["id"]
+        first_job = c.post("/v1/jobs", json={"model_id": model_id, "technique": "benchmark",
+                                             "params": {"batch_sizes": [1], "min_runs": 1, "min_seconds": 0}}).json()["id"]
+        paths = ", ".join(f'"{u}"' for u in (f"/v1/models/{model_id}", f"/v1/jobs/{first_job}", "/v1/jobs?limit=20"))
+        script = Path(tmp) / "reads.lua"
+        # Each connection waits `delay` ms after each answer: rate = connections / (delay + latency);
+        # 20 ms is the latency seen under this load. The achieved rate is printed, not assumed.
+        script.write_text(LUA % (paths, c.headers["Authorization"], max(1, int(1000 * connections / args.rate) - 20)))
+        stop = time.monotonic() + args.seconds
+        out: dict = {}
+        driver = threading.Thread(target=lambda: out.update(drive_jobs(c, model_id, args, stop)))
+        driver.start()
+        wrk = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{int(args.seconds)}s", "--timeout", "30s",
+                              "-s", str(script), str(c.base_url).rstrip("/")], capture_output=True, text=True)
+        driver.join()
+    m = re.search(r"RESULT requests=(\d+) non2xx=(\d+) errors=(\d+) p50=([\d.]+) p95=([\d.]+) p99=([\d.]+) max=([\d.]+)", wrk.stdout)
+    if not m:
+        raise SystemExit(f"wrk printed no result:\n{wrk.stdout}\n{wrk.stderr}")
+    reads, non2xx, rerr = int(m[1]), int(m[2]), int(m[3])
+    sl = np.array(out["submit_ms"])
+    print(f"\nload: {args.inflight} jobs in flight + reads paced at {args.rate:.0f}/s for {args.seconds:.0f} s "
           f"(PostgreSQL + Redis, 1 API with {args.api_processes} processes, 2 workers; "
-          f"2 CPU cores shared with the load generator)")
+          f"2 CPU cores shared with the load generators)")
     print(f"{'':22} {'count':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for name, a in (("reads (GET)", rl), ("job submits (POST)", sl)):
-        print(f"{name:22} {len(a):>7} {np.percentile(a, 50):>8.1f} {np.percentile(a, 95):>8.1f} "
-              f"{np.percentile(a, 99):>8.1f} {a.max():>8.1f}")
-    print(f"reads sent {r['reads']} ({r['reads'] / args.seconds:.0f}/s); jobs submitted {r['jobs']}, "
-          f"succeeded {r['succeeded']}, lost {r['lost']}; errors {sum(r['errors'].values())} {r['errors'] or ''}; "
-          f"wall {elapsed:.0f} s")
+    print(f"{'reads (GET, wrk)':22} {reads:>7} {float(m[4]):>8.1f} {float(m[5]):>8.1f} {float(m[6]):>8.1f} {float(m[7]):>8.1f}")
+    print(f"{'job submits (POST)':22} {len(sl):>7} {np.percentile(sl, 50):>8.1f} {np.percentile(sl, 95):>8.1f} "
+          f"{np.percentile(sl, 99):>8.1f} {sl.max():>8.1f}")
+    print(f"reads {reads / args.seconds:.0f}/s, non-2xx {non2xx}, socket errors {rerr}; jobs submitted {out['jobs']}, "
+          f"succeeded {out['succeeded']}, lost {out['lost']}, submit errors {out['errors']}")
 
 
 if __name__ == "__main__":
