@@ -68,6 +68,21 @@ def keys_create(args: argparse.Namespace) -> None:
     print(key)
 
 
+def keys_revoke(args: argparse.Namespace) -> None:
+    from app.db import make_engine, make_sessionmaker, transaction
+    from app.tenants.service import revoke_key
+
+    settings = _settings(args)
+    engine = make_engine(settings.sqlalchemy_url)
+    with transaction(make_sessionmaker(engine)) as s:
+        count = revoke_key(s, args.key)
+    engine.dispose()
+    print(f"revoked {count} key(s); API processes stop accepting them within LATHE_AUTH_CACHE_S "
+          f"({settings.auth_cache_s:g} s)")
+    if count == 0:
+        raise SystemExit(1)
+
+
 def api(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -176,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     p = keys.add_parser("create", parents=[common], help="create an API key (printed as the last line)")
     p.add_argument("--tenant", required=True)
     p.set_defaults(fn=keys_create)
+    p = keys.add_parser("revoke", parents=[common], help="revoke a key (the key, or its first 10 characters)")
+    p.add_argument("key")
+    p.set_defaults(fn=keys_revoke)
 
     args = parser.parse_args(argv)
     args.fn(args)

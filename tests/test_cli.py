@@ -72,3 +72,23 @@ def test_serve_then_ctrl_c(tmp_path, mlp_onnx):
     # The worker child is gone too.
     ps = subprocess.run(["pgrep", "-f", f"{tmp_path}/d"], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
+
+
+def test_keys_revoke(tmp_path):
+    from app.cli import _settings  # noqa: F401  (the CLI module imports cleanly)
+
+    env = _env(tmp_path / "d")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "app.cli", "keys", *a], env=env, cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True)
+    key = run("create", "--tenant", "acme").stdout.strip().splitlines()[-1]
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    with TestClient(create_app(Settings(data_dir=tmp_path / "d", reaper_interval_s=0, auth_cache_s=0))) as c:
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        out = run("revoke", key[:10])
+        assert out.returncode == 0 and "revoked 1 key" in out.stdout
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert run("revoke", key).returncode == 1  # already revoked: nothing to do

@@ -275,7 +275,8 @@ def test_compare_through_the_api(deployment, mlp_onnx):
     job = api.wait_job(r.json()["id"])
     assert job["status"] == "succeeded", job
     report = api.get(f"/v1/jobs/{job['id']}/report").json()
-    assert [m["id"] for m in report["models"]] == ["job-model", q["output_model_id"]]
+    assert [m["id"] for m in report["models"]] == [a["id"], q["output_model_id"]]
+    assert all(p["ratios"][a["id"]] == 1.0 for p in report["points"])
     assert all(p["ratios"][q["output_model_id"]] > 0 for p in report["points"])
     # Another tenant's model can't be named in the params: 404 before anything is queued.
     other = deployment.new_client()

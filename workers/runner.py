@@ -100,7 +100,7 @@ def _load(s, job_id: str) -> Loaded | None:
     parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
     ctx = Context(model_path=store.path(model.uri), params=steps[0].params, workdir=Path(), device=job.device,
                   dataset_path=store.path(dataset.uri) if dataset else None, models=others,
-                  parent_path=store.path(parent.uri) if parent else None)
+                  parent_path=store.path(parent.uri) if parent else None, model_id=model.id)
     return Loaded(steps, ctx, model.name, model.id)
 
 

@@ -64,6 +64,8 @@ class Context:
     models: Mapping[str, Path] = field(default_factory=dict)
     # The job model's parent (the model it was produced from), when it has one.
     parent_path: Path | None = None
+    # The job model's id, for reports that name models (compare); None outside the service.
+    model_id: str | None = None
 
 
 @dataclass

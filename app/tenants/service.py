@@ -41,6 +41,19 @@ def create_key(session: Session, tenant_name: str) -> str:
     return key
 
 
+def revoke_key(session: Session, key_or_prefix: str) -> int:
+    """Revoke by the full key or by its printed prefix (first 10 characters). Returns how many."""
+    from app.db import utcnow
+
+    rows = session.scalars(select(ApiKeyRecord).where(
+        (ApiKeyRecord.key_hash == hash_key(key_or_prefix)) | (ApiKeyRecord.prefix == key_or_prefix[:10]),
+        ApiKeyRecord.revoked_at.is_(None))).all()
+    for row in rows:
+        row.revoked_at = utcnow()
+    session.flush()
+    return len(rows)
+
+
 def tenant_for_key(session: Session, key: str) -> TenantRecord | None:
     row = session.scalar(
         select(ApiKeyRecord).where(ApiKeyRecord.key_hash == hash_key(key), ApiKeyRecord.revoked_at.is_(None))

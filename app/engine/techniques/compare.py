@@ -49,8 +49,9 @@ class Compare(Technique):
         from app.engine.session import create_session, sweep_providers, used_provider
 
         params: CompareParams = ctx.params
-        ids = ["job-model", *dict.fromkeys(params.model_ids)]
-        paths = {"job-model": ctx.model_path, **{i: ctx.models[i] for i in params.model_ids}}
+        own = ctx.model_id or "job-model"
+        ids = [own, *(i for i in dict.fromkeys(params.model_ids) if i != own)]
+        paths = {own: ctx.model_path, **{i: ctx.models[i] for i in params.model_ids}}
         feeds = FeedSource(params, ctx.dataset_path)
         providers, notes = sweep_providers(ctx.device, None)
         grid = [(p, t, b) for p in providers for t in params.threads for b in params.batch_sizes]
@@ -59,14 +60,14 @@ class Compare(Technique):
             stage = f"compare bs={batch} threads={threads}"
             ctx.progress(0.7 * n / len(grid), stage)
             sessions = {i: create_session(paths[i], threads, ctx.device, provider)[0] for i in ids}
-            specs = input_specs(sessions["job-model"])
+            specs = input_specs(sessions[own])
             if conflict := batch_conflict(specs, batch):
                 skipped.append({"batch_size": batch, "reason": conflict})
                 continue
             results = time_interleaved(sessions, feeds(specs, batch), batch_size=batch, params=params,
                                        what=feeds.what, tick=lambda: ctx.progress(0.7 * n / len(grid), stage))
-            first = results["job-model"]["p50_ms"]
-            points.append({"batch_size": batch, "threads": threads, "provider": used_provider(sessions["job-model"]),
+            first = results[own]["p50_ms"]
+            points.append({"batch_size": batch, "threads": threads, "provider": used_provider(sessions[own]),
                            "results": results, "ratios": {i: round(r["p50_ms"] / first, 4) for i, r in results.items()}})
         if not points:
             raise UnsupportedModel(f"no requested batch size can be fed to the job's model: {skipped[0]['reason']}")
@@ -75,12 +76,12 @@ class Compare(Technique):
             accuracy = {}
             for k, i in enumerate(ids):
                 ctx.progress(0.7 + 0.28 * k / len(ids), f"accuracy of model {k + 1}")
-                accuracy[i] = compare_models(paths[i], None if i == "job-model" else ctx.model_path, feeds,
+                accuracy[i] = compare_models(paths[i], None if i == own else ctx.model_path, feeds,
                                              samples=params.accuracy_samples, batch_size=32, threads=max(params.threads),
                                              device=ctx.device, progress=lambda f, s: None, strict_labels=False)
         return Result(report={
             "schema_version": SCHEMA_VERSION, "technique": self.name,
-            "models": [{"id": i, "label": "job model" if i == "job-model" else i,
+            "models": [{"id": i, "label": "job model" if i == own else i,
                         "size_bytes": paths[i].stat().st_size} for i in ids],
             "points": points, "skipped": skipped, "accuracy": accuracy,
             "inputs": feeds.describe(specs), "environment": describe_environment(), "notes": notes,
