@@ -88,6 +88,10 @@ class Technique:
     def run(self, ctx: Context) -> Result:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def params_of(self, ctx: Context) -> Params:
+        """ctx.params as this technique's Params (callers may pass a plain dict)."""
+        return ctx.params if isinstance(ctx.params, self.Params) else self.Params.model_validate(ctx.params)
+
 
 REGISTRY: dict[str, type[Technique]] = {}
 

@@ -40,7 +40,7 @@ def _check_dataset_fits(model: ModelRecord, dataset: DatasetRecord) -> None:
 def create(session: Session, celery: Celery, settings: Settings, tenant: Tenant, body: JobCreate) -> JobRecord:
     steps = plan.from_request(body.technique, body.params,
                               [s.model_dump() for s in body.steps] if body.steps is not None else None)
-    for i, step in enumerate(steps):
+    for step in steps:
         if body.device not in step.technique.devices:
             raise InvalidInput(f"device: {step.name} runs on {list(step.technique.devices)}, not {body.device!r}.")
     model = get_owned(session, ModelRecord, tenant.id, body.model_id, "model")

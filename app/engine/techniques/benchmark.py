@@ -80,9 +80,7 @@ class Benchmark(Technique):
         from app.engine.inspect import inspect_onnx
         from app.engine.session import sweep_providers
 
-        params = ctx.params
-        if not isinstance(params, BenchmarkParams):  # tolerate a plain dict from a caller
-            params = BenchmarkParams.model_validate(params)
+        params = self.params_of(ctx)
         ctx.progress(0.0, "loading")
         info = inspect_onnx(ctx.model_path)
         environment = describe_environment()

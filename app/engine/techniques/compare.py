@@ -48,7 +48,7 @@ class Compare(Technique):
         from app.engine.onnx_inputs import batch_conflict, input_specs
         from app.engine.session import create_session, sweep_providers, used_provider
 
-        params: CompareParams = ctx.params
+        params: CompareParams = self.params_of(ctx)
         own = ctx.model_id or "job-model"
         ids = [own, *(i for i in dict.fromkeys(params.model_ids) if i != own)]
         paths = {own: ctx.model_path, **{i: ctx.models[i] for i in params.model_ids}}

@@ -47,8 +47,7 @@ class ConvertOnnx(Technique):
         from app.engine.torch_utils.export import io_specs
         from app.engine.session import create_session, short_reason
 
-        p = ctx.params if isinstance(ctx.params, ConvertOnnxParams) else \
-            ConvertOnnxParams.model_validate(ctx.params)
+        p = self.params_of(ctx)
         if not is_pt2(ctx.model_path):
             raise UnsupportedModel("this model is already ONNX; convert.onnx converts "
                                    "torch.export (.pt2) programs")

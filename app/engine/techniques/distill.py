@@ -82,8 +82,7 @@ class Distill(Technique):
         from app.engine.torch_utils.loading import onnx_to_torch, require_onnx
         from app.engine.torch_utils.runner import torch_device, train
 
-        p = ctx.params if isinstance(ctx.params, DistillParams) else \
-            DistillParams.model_validate(ctx.params)
+        p = self.params_of(ctx)
         require_onnx(ctx.model_path, self.name)
         if ctx.dataset_path is None:
             raise DatasetMismatch("distill needs the job's dataset (dataset_id): an .npz with "

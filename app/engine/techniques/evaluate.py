@@ -70,9 +70,7 @@ class Evaluate(Technique):
         from app.engine.params import MeasureParams
         from app.engine.registry import DatasetMismatch, TechniqueError
 
-        params = ctx.params
-        if not isinstance(params, EvaluateParams):
-            params = EvaluateParams.model_validate(params)
+        params = self.params_of(ctx)
         if ctx.dataset_path is None:
             raise DatasetMismatch("evaluate needs a dataset: add a dataset_id to the job")
         reference, source = None, None

@@ -82,8 +82,7 @@ class PruneStructured(Technique):
         from app.engine.torch_utils.pruning import structured_prune
         from app.engine.torch_utils.runner import torch_device, train
 
-        p = ctx.params if isinstance(ctx.params, PruneStructuredParams) else \
-            PruneStructuredParams.model_validate(ctx.params)
+        p = self.params_of(ctx)
         require_onnx(ctx.model_path, self.name)
         ft = p.fine_tune
         if ft is not None and ctx.dataset_path is None:

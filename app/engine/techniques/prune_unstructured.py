@@ -57,8 +57,7 @@ class PruneUnstructured(Technique):
         from app.engine.torch_utils.export import verify_against
         from app.engine.torch_utils.loading import require_onnx
 
-        p = ctx.params if isinstance(ctx.params, PruneUnstructuredParams) else \
-            PruneUnstructuredParams.model_validate(ctx.params)
+        p = self.params_of(ctx)
         require_onnx(ctx.model_path, self.name)
         ctx.progress(0.0, "loading")
         model = onnx.load(str(ctx.model_path), load_external_data=False)

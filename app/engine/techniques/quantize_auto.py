@@ -70,9 +70,7 @@ class QuantizeAuto(Technique):
         from app.engine.quant_report import build_report, evaluate_result
         from app.engine.registry import DatasetMismatch
 
-        params = ctx.params
-        if not isinstance(params, QuantizeAutoParams):
-            params = QuantizeAutoParams.model_validate(params)
+        params = self.params_of(ctx)
         if ctx.dataset_path is None:
             raise DatasetMismatch("quantize.auto scores candidates on real inputs: add a "
                                   "dataset_id to the job")

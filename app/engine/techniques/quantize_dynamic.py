@@ -75,9 +75,7 @@ class QuantizeDynamic(Technique):
         from app.engine.quant_analysis import candidate_ops, op_counts
         from app.engine.quant_report import build_report
 
-        params = ctx.params
-        if not isinstance(params, QuantizeDynamicParams):
-            params = QuantizeDynamicParams.model_validate(params)
+        params = self.params_of(ctx)
         ctx.progress(0.0, "loading")
         looked_for = list(params.op_types or ort_quant.default_dynamic_op_types())
         what = "dynamic quantization"

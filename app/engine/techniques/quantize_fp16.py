@@ -42,9 +42,7 @@ class QuantizeFp16(Technique):
         from app.engine.quant_report import build_report
         from app.engine.registry import UnsupportedModel
 
-        params = ctx.params
-        if not isinstance(params, QuantizeFp16Params):
-            params = QuantizeFp16Params.model_validate(params)
+        params = self.params_of(ctx)
         ctx.progress(0.0, "loading")
         output = ctx.workdir / "model.onnx"
         ctx.progress(0.05, "converting")

@@ -67,9 +67,7 @@ class QuantizeInt4(Technique):
         from app.engine.quant_report import build_report
         from app.engine.registry import UnsupportedModel
 
-        params = ctx.params
-        if not isinstance(params, QuantizeInt4Params):
-            params = QuantizeInt4Params.model_validate(params)
+        params = self.params_of(ctx)
         ctx.progress(0.0, "loading")
         looked_for = ["MatMul", "Gather"] if params.include_gather else ["MatMul"]
         output, notes = ctx.workdir / "model.onnx", []

@@ -96,9 +96,7 @@ class QuantizeStatic(Technique):
         from app.engine.quant_report import build_report
         from app.engine.session import create_session
 
-        params = ctx.params
-        if not isinstance(params, QuantizeStaticParams):
-            params = QuantizeStaticParams.model_validate(params)
+        params = self.params_of(ctx)
         ctx.progress(0.0, "loading")
         looked_for = list(params.op_types or default_static_op_types())
         what = "static quantization"
