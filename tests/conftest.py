@@ -158,3 +158,17 @@ def digits_x() -> "np.ndarray":
     from sklearn.datasets import load_digits
 
     return (load_digits().data / 16.0).astype("float32")
+
+
+@pytest.fixture(scope="session")
+def cnn_pt2(tmp_path_factory):
+    """A small CNN saved with torch.export.save (symbolic batch): (path, the eval-mode module)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10)).eval()
+    program = torch.export.export(model, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = tmp_path_factory.mktemp("pt2") / "cnn.pt2"
+    torch.export.save(program, str(path))
+    return path, model

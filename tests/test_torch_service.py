@@ -22,16 +22,10 @@ def digits_labelled(tmp_path_factory, digits_x):
 
 
 @pytest.fixture(scope="session")
-def pt2_file(tmp_path_factory):
+def pt2_file(cnn_pt2):
     import torch
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 6 * 6, 10)).eval()
-    program = torch.export.export(model, (torch.randn(2, 1, 8, 8),),
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
-    path = tmp_path_factory.mktemp("pt2") / "cnn.pt2"
-    torch.export.save(program, str(path))
+    path, model = cnn_pt2
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     return path, x, model(torch.from_numpy(x)).detach().numpy()
 

@@ -100,14 +100,8 @@ def test_ddp_two_gloo_ranks_end_with_identical_weights(resnet, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pt2(tmp_path_factory):
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 6 * 6, 10)).eval()
-    program = torch.export.export(model, (torch.randn(2, 1, 8, 8),),
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
-    path = tmp_path_factory.mktemp("pt2") / "cnn.pt2"
-    torch.export.save(program, str(path))
-    return path, model
+def pt2(cnn_pt2):
+    return cnn_pt2
 
 
 def test_convert_pt2_to_onnx_with_symbolic_batch(pt2, make_ctx):
