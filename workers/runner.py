@@ -73,7 +73,6 @@ class Loaded:
     steps: list[plan.Step]
     ctx: Context  # the first step's context; later steps get copies with their own input
     model_name: str
-    model_id: str
 
 
 def _load(s, job_id: str) -> Loaded | None:
@@ -101,10 +100,10 @@ def _load(s, job_id: str) -> Loaded | None:
     ctx = Context(model_path=store.path(model.uri), params=steps[0].params, workdir=Path(), device=job.device,
                   dataset_path=store.path(dataset.uri) if dataset else None, models=others,
                   parent_path=store.path(parent.uri) if parent else None, model_id=model.id)
-    return Loaded(steps, ctx, model.name, model.id)
+    return Loaded(steps, ctx, model.name)
 
 
-def _finish(s, job_id: str, loaded: Loaded, outputs: list[tuple[Result, Path | None]]) -> None:
+def _finish(s, job_id: str, loaded: Loaded, results: list[Result]) -> None:
     """Register every step's output model (each the child of the one before) and the report,
     in one transaction: a cancelled or failed job leaves no model behind."""
     job = s.get(JobRecord, job_id, with_for_update=True)
@@ -114,7 +113,7 @@ def _finish(s, job_id: str, loaded: Loaded, outputs: list[tuple[Result, Path | N
     current = s.get(ModelRecord, job.model_id)
     stem = loaded.model_name.removesuffix(".onnx").removesuffix(".pt2")
     step_reports, output_id = [], None
-    for step, (result, _) in zip(loaded.steps, outputs):
+    for step, result in zip(loaded.steps, results):
         produced = None
         if result.output_path is not None:
             stem = f"{stem}.{step.name}"
@@ -123,16 +122,16 @@ def _finish(s, job_id: str, loaded: Loaded, outputs: list[tuple[Result, Path | N
         step_reports.append({"technique": step.name, "params": step.params.model_dump(mode="json"),
                              "output_model_id": produced, "report": result.report})
     if len(loaded.steps) == 1:
-        report = outputs[0][0].report
+        report = results[0].report
     else:
-        report = {"schema_version": 1, "technique": plan.PIPELINE, "model_id": loaded.model_id,
+        report = {"schema_version": 1, "technique": plan.PIPELINE, "model_id": loaded.ctx.model_id,
                   "output_model_id": output_id, "steps": step_reports}
     transitions.succeed(s, job_id, report, output_id)
 
 
-def _run_steps(loaded: Loaded, workdir: Path, progress) -> list[tuple[Result, Path | None]]:
+def _run_steps(loaded: Loaded, workdir: Path, progress) -> list[Result]:
     """Each step's output feeds the next; progress is split evenly between steps."""
-    outputs: list[tuple[Result, Path | None]] = []
+    results: list[Result] = []
     model_path, parent_path = loaded.ctx.model_path, loaded.ctx.parent_path
     n = len(loaded.steps)
     for i, step in enumerate(loaded.steps):
@@ -146,10 +145,10 @@ def _run_steps(loaded: Loaded, workdir: Path, progress) -> list[tuple[Result, Pa
         ctx = replace(loaded.ctx, model_path=model_path, parent_path=parent_path, params=step.params,
                       workdir=step_dir, progress=step_progress)
         result = step.technique().run(ctx)
-        outputs.append((result, result.output_path))
+        results.append(result)
         if result.output_path is not None:
             parent_path, model_path = model_path, result.output_path
-    return outputs
+    return results
 
 
 def run_job(job_id: str) -> None:
@@ -186,8 +185,8 @@ def run_job(job_id: str) -> None:
 
     try:
         with guard:
-            outputs = _run_steps(loaded, workdir, progress)
-        _db(sessions, _finish, job_id, loaded, outputs)
+            results = _run_steps(loaded, workdir, progress)
+        _db(sessions, _finish, job_id, loaded, results)
     except JobStopped as stop:
         if stop.reason == "timeout":
             fail("timeout", f"The job ran past its time limit of {settings.job_soft_time_limit_s} s and was stopped.")
