@@ -48,27 +48,21 @@ def _sniff(path: Path) -> str:
 
 
 def inspect_pt2(path: Path) -> dict[str, Any]:
-    """Check a torch.export archive statically; its signature is known once converted to ONNX."""
-    from app.engine.pickle_scan import UnsafeArchive, scan_archive
+    """Check a torch.export archive statically (every member, config and the program JSON; nothing
+    unpickled or evaluated); its signature is known once converted to ONNX."""
+    from app.engine.pt2_archive import UnsafeArchive, read_manifest
 
     with zipfile.ZipFile(path) as z:
         unpacked = sum(i.file_size for i in z.infolist())
-        weights = [n for n in z.namelist() if n.endswith("model_weights_config.json")]
-        config = json.loads(z.read(weights[0])).get("config", {}) if weights else {}
     # torch writes archives uncompressed: a large ratio is a zip bomb, not a model.
     if unpacked > 2 * path.stat().st_size + (64 << 20):
         raise InvalidModel(f"The archive unpacks to {unpacked} bytes from {path.stat().st_size}: refused as a zip bomb.")
     try:
-        scan = scan_archive(path)
+        manifest = read_manifest(path)
     except UnsafeArchive as exc:
         raise InvalidModel(f"Refused: {exc}.") from None
-    count = 0
-    for entry in config.values():
-        sizes = [d.get("as_int", 0) for d in entry.get("tensor_meta", {}).get("sizes", [])]
-        if entry.get("is_param", True):
-            count += math.prod(sizes) if sizes else 1
-    return {"inputs": [], "outputs": [], "parameter_count": count,
-            "pickles_checked": len(scan.pickles)}
+    return {"inputs": [], "outputs": [], "parameter_count": manifest.parameter_count,
+            "tensors_checked": len(manifest.weights) + len(manifest.constants)}
 
 
 def inspect_model(path: Path) -> dict[str, Any]:

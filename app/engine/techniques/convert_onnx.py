@@ -1,10 +1,11 @@
 """Technique ``convert.onnx``: a torch.export (.pt2) model → an ONNX child, so that every ONNX
 technique applies to it.
 
-The archive is scanned again here (the API scanned it at upload) before ``torch.export.load``,
-which would otherwise unpickle with full pickle powers. The program is re-exported with the
-dynamo exporter and a symbolic batch dimension where the program allows it, then the ONNX is
-run in onnxruntime on the program's own example inputs and compared with the program's outputs.
+The archive is checked again here (the API checked it at upload) and the program built from its
+checked parts, never with ``torch.export.load`` (see ``app.engine.pt2_archive``). It is
+re-exported with the dynamo exporter and a symbolic batch dimension where the program allows
+it, then the ONNX is run in onnxruntime on inputs generated from the program's signature (the
+archive's pickled sample inputs are never read) and compared with the program's outputs.
 Module top imports pydantic-level code only.
 """
 
@@ -25,7 +26,7 @@ class ConvertOnnxParams(Params):
     atol: float = Field(
         default=1e-3, gt=0.0, le=1.0,
         description="Largest absolute difference allowed between the program's and the ONNX "
-        "model's outputs on the program's example inputs.", json_schema_extra={"examples": [1e-3]})
+        "model's outputs on inputs generated from the program's signature.", json_schema_extra={"examples": [1e-3]})
 
 
 @register
@@ -43,7 +44,7 @@ class ConvertOnnx(Technique):
         import numpy as np
         import torch
 
-        from app.engine.torch_utils.loading import is_pt2, load_pt2
+        from app.engine.torch_utils.loading import example_inputs, is_pt2, load_pt2
         from app.engine.torch_utils.export import io_specs
         from app.engine.session import create_session, short_reason
 
@@ -53,12 +54,7 @@ class ConvertOnnx(Technique):
                                    "torch.export (.pt2) programs")
         ctx.progress(0.0, "checking and loading the archive")
         program = load_pt2(ctx.model_path)
-        example = program.example_inputs
-        if example is None or example[1] or not all(isinstance(a, torch.Tensor) for a in example[0]):
-            raise UnsupportedModel("the archive has no example inputs (or non-tensor ones); "
-                                   "export with torch.export.export(model, (tensor, ...)) and save "
-                                   "it with torch.export.save")
-        args = tuple(example[0])
+        args = example_inputs(program)
         names = [s.arg.name for s in program.graph_signature.input_specs
                  if s.kind.name == "USER_INPUT"]
         outs = [s for s in program.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"]
@@ -106,7 +102,7 @@ class ConvertOnnx(Technique):
             "verification": {"onnxruntime_loaded": True, "output_shapes": shapes,
                              "output_shapes_match_program": True,
                              "max_abs_error": max(errors, default=0.0),
-                             "example_input_shapes": [list(a.shape) for a in args]},
+                             "generated_input_shapes": [list(a.shape) for a in args]},
             "symbolic_batch": symbolic, "torch": torch.__version__, "notes": notes,
         }
         return Result(report=report, output_path=output)

@@ -1,8 +1,9 @@
 """Getting a trainable ``torch.nn.Module`` from an uploaded model.
 
-ONNX → torch goes through onnx2torch. A ``.pt2`` (torch.export) archive is only ever loaded
-after the static pickle scan: ``torch.export.load`` falls back to full unpickling, so the scan
-runs again here in the worker even though the API already ran it (defence in depth).
+ONNX → torch goes through onnx2torch. A ``.pt2`` (torch.export) archive is never given to
+``torch.export.load`` (pickles, ``sympify``, attribute-walked targets, guard code): it is
+checked again here with ``app.engine.pt2_archive`` (the API checked it at upload) and built from
+its checked parts.
 """
 
 from __future__ import annotations
@@ -87,20 +88,125 @@ def onnx_to_torch(path: Path) -> Any:
     return module.train(False)
 
 
-def load_pt2(path: Path) -> Any:
-    """The ExportedProgram in a .pt2, after the allow-list scan has passed."""
+def _tensors(z: Any, payloads: list[Any], params: bool) -> dict[str, Any]:
+    """Tensors from raw member bytes with the checked dtype, sizes, strides and offset. Entries
+    sharing a member share one storage (tied weights stay tied)."""
     import torch
 
-    from app.engine.pickle_scan import UnsafeArchive, scan_archive
+    flat: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    for p in payloads:
+        dtype = getattr(torch, p.dtype)
+        if p.member not in flat:
+            data = bytearray(z.read(p.member))
+            flat[p.member] = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+        if p.numel == 0:
+            tensor = torch.empty(p.sizes, dtype=dtype)
+        else:
+            tensor = torch.as_strided(flat[p.member], p.sizes, p.strides, p.storage_offset)
+        out[p.fqn] = torch.nn.Parameter(tensor, requires_grad=p.requires_grad) if params and p.is_param else tensor
+    return out
+
+
+def _check_resolved_targets(program: Any) -> None:
+    """After deserialization, every call in every graph must be a torch operator or one of the
+    Python arithmetic functions torch.export emits; a target left as a string, or resolved to
+    anything else, is refused before the program can run."""
+    import math
+    import operator
+
+    import torch
+
+    python_ok = {getattr(operator, n) for n in (
+        "getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pos", "pow", "eq", "ne",
+        "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "abs", "invert", "lshift", "rshift")}
+    python_ok |= {math.ceil, math.floor, math.trunc, math.sqrt}
+    python_ok |= {getattr(torch, n) for n in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not",
+                                              "sym_ite", "sym_sqrt", "sym_sum") if hasattr(torch, n)}
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in graph.nodes if graph is not None else ():
+            if node.op != "call_function":
+                continue
+            target = node.target
+            if isinstance(target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
+                continue
+            if not isinstance(target, str) and target in python_ok:
+                continue
+            raise UnsupportedModel(f"refused to load the archive: the program calls {str(target)[:120]!r}, "
+                                   "which is not a torch operator")
+
+
+def load_pt2(path: Path) -> Any:
+    """The ExportedProgram in a .pt2, built from checked parts: never ``torch.export.load``.
+
+    ``app.engine.pt2_archive.read_manifest`` checks every member and the program JSON; weights
+    and constants are read from raw bytes; the program is deserialized from its JSON by torch's
+    schema deserializer with no example inputs (the archive's pickled sample inputs are never
+    read: ``example_inputs`` generates inputs from the signature)."""
+    import zipfile
+
+    import torch
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
+
+    from app.engine.pt2_archive import UnsafeArchive, read_manifest
 
     try:
-        scan_archive(path)
+        manifest = read_manifest(path)
     except UnsafeArchive as exc:
         raise UnsupportedModel(f"refused to load the archive: {exc}") from None
     try:
-        return torch.export.load(str(path))
+        with zipfile.ZipFile(path) as z:
+            state_dict = _tensors(z, manifest.weights, params=True)
+            constants = _tensors(z, manifest.constants, params=False)
+        serialized = _dict_to_dataclass(schema.ExportedProgram, manifest.program)
+        program = ExportedProgramDeserializer().deserialize(serialized, state_dict, constants, None)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:240] or type(exc).__name__
         raise UnsupportedModel(
             f"torch {torch.__version__} cannot load this torch.export archive ({reason}); "
             "save it with torch.export.save from a compatible torch version") from None
+    _check_resolved_targets(program)
+    return program
+
+
+def example_inputs(program: Any, seed: int = 0) -> tuple[Any, ...]:
+    """Inputs for the program's user inputs, made from their recorded shapes and dtypes: a
+    symbolic dimension takes its recorded hint, else the smallest size its range allows (at
+    least 2, so a batch dimension stays visibly a batch)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    user = set(program.graph_signature.user_inputs)
+    args = []
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user:
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise UnsupportedModel(f"the program's input {node.name!r} is not a tensor; only tensor "
+                                   "inputs are supported")
+        shape = [_concrete(d, program) for d in val.shape]
+        if val.dtype.is_floating_point or val.dtype.is_complex:
+            args.append(torch.randn(shape, generator=generator).to(val.dtype))
+        elif val.dtype == torch.bool:
+            args.append(torch.randint(0, 2, shape, generator=generator).bool())
+        else:
+            args.append(torch.randint(0, 2, shape, generator=generator).to(val.dtype))
+    return tuple(args)
+
+
+def _concrete(dim: Any, program: Any) -> int:
+    import torch
+
+    if isinstance(dim, int):
+        return dim
+    node = dim.node if isinstance(dim, torch.SymInt) else None
+    hint = getattr(node, "hint", None)
+    if isinstance(hint, int):
+        return hint
+    bounds = program.range_constraints.get(node.expr) if node is not None else None
+    low = int(bounds.lower) if bounds is not None and bounds.lower.is_finite else 2
+    high = int(bounds.upper) if bounds is not None and bounds.upper.is_finite else max(low, 2)
+    return min(max(low, 2), high)
