@@ -5,8 +5,6 @@ The API enqueues by task *name* with the job id only; it never imports worker co
 
 from __future__ import annotations
 
-import json
-
 from celery import Celery
 from kombu import Queue
 
@@ -54,45 +52,28 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def enqueue_job(celery: Celery, job_id: str, device: str) -> None:
-    # task_id = job id: the broker's copy of a job can be recognised (see broker_job_ids).
+    # The message names the job it was sent for (task id = job id, for logs), but it is a slot on
+    # the device's queue: the worker that receives it runs the fairest queued job there.
     celery.send_task(RUN_JOB, args=[job_id], queue=device, routing_key=device, task_id=job_id)
 
 
-def broker_job_ids(settings: Settings) -> set[str]:
-    """Ids of the jobs the broker holds: waiting in a queue, or delivered and not yet acked.
+def broker_waiting(settings: Settings) -> dict[str, int]:
+    """How many messages wait in each queue, not yet delivered to a worker.
 
-    The database is the source of truth; this is how the reaper finds queued jobs whose message
-    the broker lost (Redis restarted empty, a send that failed after commit).
+    The database is the source of truth; the reaper compares this with the queued jobs to find
+    the messages the broker lost (Redis restarted empty, a send that failed after commit).
+    Delivered messages are not counted: each is running a job or about to claim one.
     """
     url = settings.celery_broker_url
-    messages: list[str] = []
     if url.startswith("filesystem"):
         folder = settings.broker_folder / "queue"
-        for path in folder.glob("*.msg"):
-            try:
-                messages.append(path.read_text())
-            except OSError:  # consumed between listing and reading
-                continue
-    elif url.startswith("redis"):
+        return {queue: sum(1 for _ in folder.glob(f"*.{queue}.msg")) for queue in QUEUES}
+    if url.startswith("redis"):
         import redis
 
-        prefix = settings.broker_key_prefix
         client = redis.Redis.from_url(url, socket_timeout=5)
         try:
-            for queue in QUEUES:
-                messages += [m.decode() for m in client.lrange(f"{prefix}{queue}", 0, -1)]
-            messages += [v.decode() for v in client.hvals(f"{prefix}unacked")]
+            return {queue: client.llen(f"{settings.broker_key_prefix}{queue}") for queue in QUEUES}
         finally:
             client.close()
-    else:
-        raise NotImplementedError(f"cannot list messages on broker {url.split(':')[0]}")
-    ids = set()
-    for raw in messages:
-        try:
-            message = json.loads(raw)
-            if isinstance(message, list):  # unacked entries are [message, exchange, routing_key]
-                message = message[0]
-            ids.add(message["headers"]["id"])
-        except (ValueError, KeyError, TypeError, IndexError):
-            continue
-    return ids
+    raise NotImplementedError(f"cannot count messages on broker {url.split(':')[0]}")

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(2.0, description="How often a running job writes its heartbeat.")
     heartbeat_timeout_s: float = Field(60.0, description="A running job whose heartbeat is older than this lost its worker.")
     reaper_interval_s: float = Field(15.0, description="How often the API re-queues lost jobs and re-sends jobs the broker lost.")
-    redispatch_after_s: float = Field(10.0, description="A queued job unknown to the broker for this long is sent again.")
+    redispatch_after_s: float = Field(10.0, description="Queued jobs that outnumber the messages waiting in the broker for this long are sent again.")
     cancel_grace_s: float = Field(10.0, description="A cancelled job that has not stopped by itself after this long is killed.")
     auth_cache_s: float = Field(30.0, description="How long an API process trusts a key it has checked (a revoked key lingers this long).")
     worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of worker processes: on a shared host the API stays responsive while jobs run.")

@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +77,6 @@ class _Authed:
         raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
 
 
-def _pg_database() -> Iterator[str]:
-    """A scratch PostgreSQL database, dropped when the generator is resumed."""
-    with scratch_pg_database() as url:
-        yield url
-
-
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu,gpu"],
@@ -98,30 +93,36 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="session", params=["embedded", "postgres"])
-def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
-    data_dir = tmp_path_factory.mktemp(f"lathe-{request.param}")
+@contextmanager
+def deploy(kind: str, data_dir: Path, **extra_env: str) -> Iterator[Deployment]:
+    """A migrated database (``embedded``: SQLite + filesystem broker; ``postgres``: a scratch
+    database + Redis with a key prefix of its own) and the API in-process. No worker: the caller
+    starts one when the queue should begin to move."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
     env.update({"LATHE_DATA_DIR": str(data_dir), "LATHE_LOG_LEVEL": "warning",
                 "LATHE_MAX_MODEL_BYTES": str(8 * 1024 * 1024), "LATHE_MAX_DATASET_BYTES": str(8 * 1024 * 1024)})
-    pg = None
-    if request.param == "postgres":
-        pg = _pg_database()
-        env["LATHE_DATABASE_URL"] = next(pg)
-        env["LATHE_BROKER_URL"] = REDIS_URL
-        env["LATHE_BROKER_KEY_PREFIX"] = f"lathe-test-{uuid.uuid4().hex[:8]}:"
-    settings = Settings(**{k[len("LATHE_"):].lower(): v for k, v in env.items() if k.startswith("LATHE_")})
-    run_migrations(settings)
-    worker = _start_worker(env, data_dir / "worker.log")
-    try:
+    env.update(extra_env)
+    with scratch_pg_database() if kind == "postgres" else nullcontext() as pg_url:
+        if pg_url:
+            env.update({"LATHE_DATABASE_URL": pg_url, "LATHE_BROKER_URL": REDIS_URL,
+                        "LATHE_BROKER_KEY_PREFIX": f"lathe-test-{uuid.uuid4().hex[:8]}:"})
+        settings = Settings(**{k[len("LATHE_"):].lower(): v for k, v in env.items() if k.startswith("LATHE_")})
+        run_migrations(settings)
         with TestClient(create_app(settings)) as client:
-            yield Deployment(request.param, settings, env, client)
-    finally:
-        _stop(worker)
-        if pg is not None:
-            next(pg, None)
-        if worker.returncode not in (0, -15):
-            print((data_dir / "worker.log").read_text()[-5000:])
+            yield Deployment(kind, settings, env, client)
+
+
+@pytest.fixture(scope="session", params=["embedded", "postgres"])
+def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
+    data_dir = tmp_path_factory.mktemp(f"lathe-{request.param}")
+    with deploy(request.param, data_dir) as d:
+        worker = _start_worker(d.env, data_dir / "worker.log")
+        try:
+            yield d
+        finally:
+            _stop(worker)
+            if worker.returncode not in (0, -15):
+                print((data_dir / "worker.log").read_text()[-5000:])
 
 
 @pytest.fixture

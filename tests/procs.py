@@ -112,9 +112,9 @@ def _wait_port(port: int, timeout: float = 10) -> None:
 class Worker:
     """A `lathe worker` in its own process group, so kill -9 takes the pool children too."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, queues: str = "cpu,gpu") -> None:
         self.log = log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu,gpu"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", queues],
                                      env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 

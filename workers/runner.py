@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.db import make_engine, make_sessionmaker, transaction
 from app.engine.registry import Context, Result, TechniqueError
+from app.errors import InvalidInput
 from app.jobs import plan, transitions
 from app.jobs.service import referenced_models
 from app.models.service import register_output
@@ -75,31 +76,49 @@ class Loaded:
     model_name: str
 
 
-def _load(s, job_id: str) -> Loaded | None:
-    if not transitions.start(s, job_id):
-        return None  # cancelled, finished, or already running elsewhere: a duplicate message
+def _claim(s, slot: str) -> str | None:
+    """The job this message runs: the fairest queued job on the queue of the job it names (a
+    message is a slot on its queue, see transitions.claim). None when that queue has none left."""
+    named = s.get(JobRecord, slot)
+    return transitions.claim(s, named.device) if named is not None else None
+
+
+def _artifact(store, record, what: str) -> Path:
+    path = store.path(record.uri)
+    if not path.is_file():
+        raise TechniqueError(f"The file of {what} {record.id!r} is missing from the artifact store; upload it again "
+                             "and queue a new job.", type="artifact_missing")
+    return path
+
+
+def _load(s, job_id: str) -> Loaded:
+    """Everything the claimed job needs, or a TechniqueError that fails it for good: a row that
+    can't be loaded now never will be, so it must not go back to the queue."""
     job = s.get(JobRecord, job_id)
     # Outputs of an earlier attempt whose worker died were never reported: start clean.
     s.query(ModelRecord).filter_by(job_id=job_id, tenant_id=job.tenant_id).delete()
     model = s.get(ModelRecord, job.model_id) if job.model_id else None
     if model is None:
-        transitions.fail(s, job_id, "model_deleted", "The job's model was deleted before the job ran.")
-        return None
+        raise TechniqueError("The job's model was deleted before the job ran.", type="model_deleted")
     store = _resources()[2]
-    steps = plan.from_row(job.technique, job.params)
+    try:
+        steps = plan.from_row(job.technique, job.params)
+    except InvalidInput as exc:
+        raise TechniqueError(f"The job's stored params are not valid in this version of Lathe ({exc.detail}); queue "
+                             "a new job.", type="invalid_stored_params") from None
     others = {}
     for step in steps:
         for other_id in referenced_models(step.technique, step.params):
             other = s.get(ModelRecord, other_id)
             if other is None or other.tenant_id != job.tenant_id:
-                transitions.fail(s, job_id, "model_deleted", f"Model {other_id!r} named in the params was deleted.")
-                return None
-            others[other_id] = store.path(other.uri)
+                raise TechniqueError(f"Model {other_id!r} named in the params was deleted.", type="model_deleted")
+            others[other_id] = _artifact(store, other, "model")
     dataset = s.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
     parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
-    ctx = Context(model_path=store.path(model.uri), params=steps[0].params, workdir=Path(), device=job.device,
-                  dataset_path=store.path(dataset.uri) if dataset else None, models=others,
-                  parent_path=store.path(parent.uri) if parent else None, model_id=model.id)
+    ctx = Context(model_path=_artifact(store, model, "model"), params=steps[0].params, workdir=Path(),
+                  device=job.device, dataset_path=_artifact(store, dataset, "dataset") if dataset else None,
+                  models=others, parent_path=_artifact(store, parent, "parent model") if parent else None,
+                  model_id=model.id)
     return Loaded(steps, ctx, model.name)
 
 
@@ -151,11 +170,22 @@ def _run_steps(loaded: Loaded, workdir: Path, progress) -> list[Result]:
     return results
 
 
-def run_job(job_id: str) -> None:
+def run_job(slot: str) -> None:
+    """Run one job for a message; slot is the id of the job the message was sent for."""
     settings, sessions, _store = _resources()
-    loaded = _db(sessions, _load, job_id)
-    if loaded is None:
-        log.info("job %s is not queued (cancelled, finished or a duplicate); skipping", job_id)
+    job_id = _db(sessions, _claim, slot)
+    if job_id is None:
+        log.info("message %s: no job queued on its queue (cancelled, finished, or run for another message)", slot)
+        return
+    # Claimed (running) in its own transaction: a job that fails to load is failed, never put back.
+    try:
+        loaded = _db(sessions, _load, job_id)
+    except TechniqueError as exc:
+        _db(sessions, transitions.fail, job_id, exc.type, exc.detail)
+        return
+    except Exception as exc:
+        log.exception("job %s could not be loaded", job_id)
+        _db(sessions, transitions.fail, job_id, "internal_error", f"Loading the job failed: {type(exc).__name__}")
         return
     workdir = settings.resolved_data_dir / "work" / job_id
     shutil.rmtree(workdir, ignore_errors=True)  # left by an earlier attempt whose worker died

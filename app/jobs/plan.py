@@ -68,7 +68,12 @@ def stored(plan: list[Step]) -> tuple[str, dict[str, Any]]:
     return PIPELINE, {"steps": [s.stored() for s in plan]}
 
 
-def from_row(technique: str, params: dict[str, Any]) -> list[Step]:
-    if technique == PIPELINE:
-        return [_step(s["technique"], s["params"], ["steps", i]) for i, s in enumerate(params["steps"])]
-    return [_step(technique, params, [])]
+def from_row(technique: str, params: Any) -> list[Step]:
+    """Raises InvalidInput, like from_request, when a stored row no longer validates: a row
+    written before an upgrade may name a technique or a field this version no longer has."""
+    if technique != PIPELINE:
+        return [_step(technique, params, [])]
+    steps = params.get("steps") if isinstance(params, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("technique"), str) for s in steps):
+        raise InvalidInput("steps: not a list of {technique, params}.")
+    return [_step(s["technique"], s.get("params", {}), ["steps", i]) for i, s in enumerate(steps)]

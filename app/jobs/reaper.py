@@ -2,8 +2,8 @@
 
 Runs in the API process (a background thread started in the lifespan, once at start-up and
 then every ``reaper_interval_s``). Several API processes may run it at once: every change is a
-conditional transition, and sending a job twice is harmless (a worker only starts a job that is
-still queued).
+conditional transition, and a message too many is harmless (a worker that finds no queued job
+on the message's queue drops it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction, utcnow
 from app.jobs import transitions
-from app.queue import broker_job_ids, enqueue_job
+from app.queue import QUEUES, broker_waiting, enqueue_job
 from app.records import JobRecord
 from app.settings import Settings
 
@@ -47,15 +47,21 @@ def reap(sessions: sessionmaker[Session], celery: Celery, settings: Settings) ->
                 counts["requeued"] += 1
                 to_send.append((job.id, job.device))
     with transaction(sessions) as s:
+        queued = s.execute(select(JobRecord.id, JobRecord.device, JobRecord.dispatched_at)
+                           .where(JobRecord.status == "queued").order_by(JobRecord.created_at)).all()
+    if queued:
+        # A message is a slot on its queue, not a ticket for one job (workers.runner runs the
+        # fairest queued job for whichever message comes): count, don't match ids. Messages for
+        # jobs queued within the horizon are theirs; the rest waiting serve the overdue jobs.
+        waiting, sending = broker_waiting(settings), {job_id for job_id, _ in to_send}
         horizon = now - timedelta(seconds=settings.redispatch_after_s)
-        waiting = list(s.scalars(select(JobRecord).where(
-            JobRecord.status == "queued", (JobRecord.dispatched_at < horizon) | JobRecord.dispatched_at.is_(None))))
-        if waiting:
-            known = broker_job_ids(settings)
-            for job in waiting:
-                if job.id not in known:
-                    counts["redispatched"] += 1
-                    to_send.append((job.id, job.device))
+        for queue in QUEUES:
+            jobs = [j for j in queued if j.device == queue and j.id not in sending]
+            overdue = [j for j in jobs if j.dispatched_at is None or j.dispatched_at < horizon]
+            spare = max(0, waiting[queue] - (len(jobs) - len(overdue)))
+            for job in overdue[:max(0, len(overdue) - spare)]:
+                counts["redispatched"] += 1
+                to_send.append((job.id, queue))
     for job_id, device in to_send:
         enqueue_job(celery, job_id, device)
         with transaction(sessions) as s:

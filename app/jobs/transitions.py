@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -27,6 +27,35 @@ def start(session: Session, job_id: str) -> bool:
     now = utcnow()
     return _move(session, job_id, ("queued",), status="running", started_at=now, heartbeat_at=now,
                  attempts=JobRecord.attempts + 1, progress=0.0, stage="starting", error=None)
+
+
+def _fair_order(device: str):
+    """Queued jobs of one device queue, fairest first: the tenant with the fewest jobs running
+    on that queue, then the tenant served least recently there (never served first: round-robin
+    when every tenant has nothing running, as on a worker of concurrency 1), then the oldest job."""
+    waiting = select(JobRecord.tenant_id).where(JobRecord.status == "queued", JobRecord.device == device)
+    tenants = (select(JobRecord.tenant_id,
+                      func.count(case((JobRecord.status == "running", 1))).label("running"),
+                      func.max(JobRecord.started_at).label("served_at"))
+               .where(JobRecord.device == device, JobRecord.tenant_id.in_(waiting))
+               .group_by(JobRecord.tenant_id).subquery())
+    return (select(JobRecord.id).join(tenants, tenants.c.tenant_id == JobRecord.tenant_id)
+            .where(JobRecord.status == "queued", JobRecord.device == device)
+            .order_by(tenants.c.running, tenants.c.served_at.asc().nulls_first(), JobRecord.created_at, JobRecord.id))
+
+
+def claim(session: Session, device: str) -> str | None:
+    """Start the fairest queued job of a device queue; its id, or None when none is queued.
+
+    A broker message is a slot on its queue, not a ticket for the job it names: whichever
+    message comes first runs the job that is fairest now, so one tenant's long backlog can't
+    make another's jobs wait behind all of it. PostgreSQL skips rows another worker is claiming
+    (FOR UPDATE SKIP LOCKED); SQLite serialises writers, and the conditional UPDATE in start()
+    decides between two workers that picked the same job."""
+    while True:
+        job_id = session.scalar(_fair_order(device).limit(1).with_for_update(skip_locked=True, of=JobRecord))
+        if job_id is None or start(session, job_id):
+            return job_id
 
 
 def heartbeat(session: Session, job_id: str) -> bool:
