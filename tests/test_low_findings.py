@@ -324,3 +324,20 @@ def test_every_technique_param_is_bounded(api):
     problems = [p for t in items for p in _unbounded(t["params_schema"], t["params_schema"].get("$defs", {}),
                                                       t["name"], set())]
     assert problems == []
+
+
+def test_a_longest_name_survives_a_job_that_derives_an_output_name(api):
+    """The output of a job on a 255-character name is named from it: still within the column."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.5] * 16)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [w])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = api.post("/v1/models", files={"file": ("m.onnx", data)}, data={"name": "n" * 255}).json()
+    job = api.post("/v1/jobs", json={"model_id": model["id"], "technique": "quantize.fp16", "params": {
+        "batch_sizes": [1], "min_runs": 1, "min_seconds": 0, "warmup": 1, "fidelity_samples": 2}}).json()
+    job = api.wait_job(job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    output = api.get(f"/v1/models/{job['output_model_id']}").json()
+    name = output["name"]
+    assert len(name) <= 255 and name.startswith("n" * 100) and name.endswith("n.quantize.fp16.onnx"), name
