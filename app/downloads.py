@@ -11,6 +11,10 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable as _Un
 from app.errors import NotFound, RangeNotSatisfiable
 
 
+RANGE_ERROR = {416: {"description": "The `Range` is invalid or past the end (problem+json, "
+                             "`Content-Range: bytes */size`)."}}
+
+
 class _Download(FileResponse):
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
