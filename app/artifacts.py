@@ -22,6 +22,7 @@ from app.repository import uri_in_use
 from app.store import LocalStore, Staged, TooLarge
 
 T = TypeVar("T")
+NAME_MAX = 255  # the name columns' size
 
 
 @contextmanager
@@ -37,9 +38,15 @@ def ingest(store: LocalStore, upload: UploadFile, limit: int, validate: Callable
 
 
 def clean_name(name: str | None, fallback: str | None) -> str:
-    """A display name only (files are stored by hash), without path components or control chars."""
-    raw = (name or fallback or "unnamed").replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = "".join(ch for ch in raw if ch.isprintable()).strip()[:255]
+    """A display name only (files are stored by hash, downloads sanitise their file name).
+
+    The user's ``name`` is kept as sent, "team/resnet" included, less control characters; the
+    upload's file name, the fallback, is a path on the client's disk: only its last part is kept.
+    """
+    raw = name or ("" if fallback is None else fallback.replace("\\", "/").rsplit("/", 1)[-1])
+    cleaned = "".join(ch for ch in raw if ch.isprintable()).strip()
+    if len(cleaned) > NAME_MAX:  # a long file name, or a job's output named from a long name
+        cleaned = f"{cleaned[:NAME_MAX - 65]}…{cleaned[-64:]}"  # the end says what it is: keep it
     return cleaned or "unnamed"
 
 

@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.headers import SECURITY_HEADERS
+
 PROBLEM = "application/problem+json"
 
 
@@ -65,6 +67,10 @@ class TooManyRequests(LatheError):
     slug, title = "too-many-requests", "Too many requests"
 
 
+class RangeNotSatisfiable(LatheError):
+    slug, title = "range-not-satisfiable", "Range not satisfiable"
+
+
 STATUS: dict[type[LatheError], int] = {
     NotFound: 404,
     Unauthorized: 401,
@@ -76,6 +82,7 @@ STATUS: dict[type[LatheError], int] = {
     Conflict: 409,
     Unavailable: 503,
     TooManyRequests: 429,
+    RangeNotSatisfiable: 416,
 }
 
 
@@ -95,6 +102,18 @@ def _status_for(exc: LatheError) -> int:
     return 500
 
 
+def _without_server_paths(request: Request, detail: str) -> str:
+    """A detail with the server's folders blanked out. Third-party messages (the ONNX checker's,
+    an OSError's) name files by absolute path; a client must never learn where they live."""
+    settings = getattr(request.app.state, "settings", None)
+    if settings is None:
+        return detail
+    folders = {settings.artifact_root, settings.resolved_data_dir, settings.data_dir}
+    for folder in sorted((str(f) for f in folders if f.is_absolute()), key=len, reverse=True):
+        detail = detail.replace(folder, "<server>")
+    return detail
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(LatheError)
     async def _lathe(request: Request, exc: LatheError) -> JSONResponse:
@@ -102,7 +121,8 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers)
         if status == 401:
             headers.setdefault("WWW-Authenticate", "Bearer")
-        return problem(status, exc.slug, exc.title, exc.detail, request.url.path, headers, **exc.extra)
+        return problem(status, exc.slug, exc.title, _without_server_paths(request, exc.detail), request.url.path,
+                       headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -133,5 +153,7 @@ def install(app: FastAPI) -> None:
         import logging
 
         logging.getLogger("lathe.api").exception("unhandled error on %s", request.url.path)
+        # Rendered outside every middleware (Starlette's ServerErrorMiddleware): add them here.
         return problem(500, "internal-error", "Internal server error",
-                       "The server failed to handle this request; it has been logged.", request.url.path)
+                       "The server failed to handle this request; it has been logged.", request.url.path,
+                       SECURITY_HEADERS)

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from app import errors
 from app.datasets.routes import router as datasets_router
 from app.db import make_engine, make_sessionmaker
+from app.headers import SecurityHeadersMiddleware
 from app.health.routes import router as health_router
 from app.jobs.reaper import Reaper
 from app.jobs.routes import router as jobs_router
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return SMALL_BODY
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(SecurityHeadersMiddleware)  # added last: outermost, sees the 413 too
     for router in (health_router, models_router, datasets_router, techniques_router, jobs_router):
         app.include_router(router)
     return app

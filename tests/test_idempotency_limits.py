@@ -66,5 +66,8 @@ def test_absurd_params_are_422(api, mlp_onnx, params, field):
 
 def test_names_with_path_separators_are_only_names(api, mlp_onnx, deployment):
     r = api.post("/v1/models", files={"file": ("../../etc/evil.onnx", mlp_onnx.read_bytes())}, data={"name": "../x/../../y"})
-    assert r.status_code == 201 and r.json()["name"] == "y"
+    # A display name, kept as sent (files are stored by hash); the download's file name has no separator.
+    assert r.status_code == 201 and r.json()["name"] == "../x/../../y"
     assert not (deployment.settings.resolved_data_dir.parent / "y").exists()
+    disposition = api.get(f"/v1/models/{r.json()['id']}/file").headers["content-disposition"]
+    assert "/" not in disposition and ".._x_.._.._y.onnx" in disposition, disposition

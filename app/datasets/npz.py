@@ -6,6 +6,7 @@ before anything is decompressed (a zip bomb is refused up front).
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,13 @@ def inspect_npz(path: Path, max_unpacked: int) -> dict[str, Any]:
                     raise InvalidDataset(f"Array {name!r} has dtype {dtype}; only numeric arrays (bool, int, uint, float) are accepted.")
                 if len(shape) == 0:
                     raise InvalidDataset(f"Array {name!r} is a scalar; every array needs a first (sample) dimension.")
-                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if any(d < 0 for d in shape):
+                    raise InvalidDataset(f"Array {name!r} declares a negative dimension in its shape {_short(shape)}.")
+                # Python ints: exact at any size (numpy's int64 product wraps, e.g. 2**33 x 2**31 to 0).
+                total += math.prod(shape) * dtype.itemsize
                 if total > max_unpacked:
-                    raise InvalidDataset(f"The arrays unpack to more than the limit of {max_unpacked} bytes.")
+                    raise InvalidDataset(f"Array {name!r} (shape {_short(shape)}) takes the arrays past the limit "
+                                         f"of {max_unpacked} bytes unpacked.")
                 arrays[name] = {"shape": [int(d) for d in shape], "dtype": str(dtype)}
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
         raise InvalidDataset(f"The .npz file could not be read: {exc}.") from None
@@ -51,3 +56,8 @@ def inspect_npz(path: Path, max_unpacked: int) -> dict[str, Any]:
     if num_samples == 0:
         raise InvalidDataset("The dataset has no samples.")
     return {"arrays": arrays, "num_samples": num_samples}
+
+
+def _short(shape: tuple[int, ...]) -> str:
+    text = str(tuple(shape))
+    return text if len(text) <= 200 else text[:200] + "...)"

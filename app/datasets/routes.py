@@ -8,7 +8,7 @@ from app.datasets import service
 from app.datasets.schemas import DatasetOut
 from app import idempotency
 from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
-from app.downloads import file_response
+from app.downloads import RANGE_ERROR, file_response
 from app.idempotency import IdempotencyKey
 from app.pagination import Cursor, Limit, Page, paginate
 from app.records import DatasetRecord
@@ -56,7 +56,7 @@ def get_dataset(dataset_id: str, tenant: TenantDep, session: SessionDep) -> Data
 
 @router.get("/{dataset_id}/file", responses={
     200: {"description": "The .npz file, streamed; `ETag` is its sha256.", "content": {"application/octet-stream": {}}},
-    **ERRORS,
+    **RANGE_ERROR, **ERRORS,
 })
 def download_dataset(dataset_id: str, request: Request, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
     record = get_owned(session, DatasetRecord, tenant.id, dataset_id, "dataset")

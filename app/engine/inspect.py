@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx import GraphProto, TensorProto, helper
+from google.protobuf.message import Message
+from onnx import TensorProto, helper
 
 from app.engine.registry import UnsupportedModel
 
@@ -29,10 +30,10 @@ def inspect_onnx(path: str | Path) -> dict[str, Any]:
             ".onnx file exported by torch.onnx, tf2onnx or similar"
         ) from None
 
-    external = [t.name for t in _all_tensors(model.graph) if _is_external(t)]
+    external = [t.name for t in _all_tensors(model) if _is_external(t)]
     if external:
         raise UnsupportedModel(
-            f"{len(external)} tensor(s) (e.g. {external[0]!r}) are stored as external data; "
+            f"{len(external)} tensor(s) (e.g. {external[0][:100]!r}) are stored as external data; "
             "external-data models are not supported, save the model as one file "
             "(onnx.save_model(model, path, save_as_external_data=False), < 2 GiB)"
         )
@@ -77,23 +78,27 @@ def _is_external(tensor: TensorProto) -> bool:
     return tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL
 
 
-def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
-    """Initializers and attribute tensors (Constant nodes...), recursing into subgraphs."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor.values
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _all_tensors(sub)
+def _all_tensors(message: Message) -> Iterator[TensorProto]:
+    """Every TensorProto anywhere in ``message``: graph initializers, sparse tensors, attribute
+    values (Constant nodes), subgraphs, functions and their attribute defaults, training info.
+
+    Walks the protobuf generically rather than listing fields, so a place a tensor can live is
+    never missed (external data hidden in a FunctionProto's Constant once was). Iterative, so
+    deeply nested subgraphs cannot exhaust Python's stack.
+    """
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, TensorProto):
+            yield current
+            continue  # a tensor holds no other tensor
+        for field, value in current.ListFields():
+            if field.type != field.TYPE_MESSAGE:
+                continue
+            if isinstance(value, Message):
+                stack.append(value)
+            else:  # a repeated field
+                stack.extend(value)
 
 
 def _value_info(info: onnx.ValueInfoProto) -> dict[str, Any]:

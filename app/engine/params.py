@@ -15,6 +15,11 @@ from app.engine.registry import Params
 BatchSize = Annotated[int, Field(ge=1, le=4096)]
 Threads = Annotated[int, Field(ge=1, le=256)]
 DimValue = Annotated[int, Field(ge=1, le=1_000_000)]
+# Every list, mapping and free string in a params model has an upper bound (max_length): the
+# request body limit caps bytes, the bounds cap what one stored job may ask for. A test walks
+# every technique's JSON Schema for them (tests/test_low_findings.py).
+Name = Annotated[str, Field(max_length=1024)]  # a node, layer, op type or input dimension, by name
+ModelId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class MeasureParams(Params):
@@ -74,8 +79,8 @@ class MeasureParams(Params):
         "a point that never gets there is marked noisy. null = stop at min_runs/min_seconds.",
         json_schema_extra={"examples": [0.02]},
     )
-    dims: dict[str, DimValue] = Field(
-        default_factory=dict,
+    dims: dict[Name, DimValue] = Field(
+        default_factory=dict, max_length=64,
         description="Values for symbolic input dimensions other than the batch dimension, by "
         "name as shown in the model's inputs, e.g. {\"seq_len\": 128}.",
         json_schema_extra={"examples": [{"seq_len": 128}, {"height": 224, "width": 224}]},

@@ -12,9 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from app.engine.params import MeasureParams
-
-NodeName = str
+from app.engine.params import MeasureParams, Name
 
 
 def measure_default(name: str, value: Any) -> Any:
@@ -29,13 +27,13 @@ class QuantParams(MeasureParams):
     min_runs: int = measure_default("min_runs", 20)
     min_seconds: float = measure_default("min_seconds", 0.5)
     max_seconds: float = measure_default("max_seconds", 10.0)
-    exclude_nodes: list[NodeName] = Field(
+    exclude_nodes: list[Name] = Field(
         default_factory=list, max_length=10_000,
         description="Node names to leave in float (manual partial quantization). Names are "
         "those of the uploaded graph; quantize.auto's sensitivity table lists candidates.",
         json_schema_extra={"examples": [[], ["/fc2/Gemm"]]},
     )
-    exclude_op_types: list[str] = Field(
+    exclude_op_types: list[Name] = Field(
         default_factory=list, max_length=64,
         description="Op types to leave in float everywhere, e.g. [\"Conv\"] or [\"Gather\"].",
         json_schema_extra={"examples": [[], ["Gather"]]},

@@ -10,7 +10,7 @@ from app.deps import CeleryDep, SessionDep, SettingsDep, TenantDep
 from app.idempotency import IdempotencyKey
 from app.jobs import service
 from app.models.lineage import lineage
-from app.reports.render import render_report_html
+from app.reports.render import CSP_HEADER, render_report_html
 from app.jobs.schemas import JobCreate, JobOut, Status
 from app.pagination import Cursor, Limit, Page, paginate
 from app.records import JobRecord
@@ -75,7 +75,9 @@ def get_report_html(job_id: str, tenant: TenantDep, session: SessionDep,
     anchor = job.output_model_id or job.model_id
     family = lineage(session, tenant.id, anchor) if anchor else None
     html = render_report_html(report, job=JobOut.model_validate(job).model_dump(mode="json"), lineage=family)
-    headers = {"Content-Disposition": f'attachment; filename="lathe-report-{job.id}.html"'} if download else None
+    headers = {"Content-Security-Policy": CSP_HEADER}
+    if download:
+        headers["Content-Disposition"] = f'attachment; filename="lathe-report-{job.id}.html"'
     return HTMLResponse(html, headers=headers)
 
 

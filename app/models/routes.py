@@ -7,7 +7,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from app import idempotency
 from app.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.jobs.service import queue_conversion
-from app.downloads import file_response
+from app.downloads import RANGE_ERROR, file_response
 from app.idempotency import IdempotencyKey
 from app.models import service
 from app.models.lineage import lineage
@@ -64,7 +64,7 @@ def get_model(model_id: str, tenant: TenantDep, session: SessionDep) -> ModelRec
           "content": {"application/octet-stream": {}}},
     206: {"description": "Partial content for a `Range` request."},
     304: {"description": "`If-None-Match` matched the ETag."},
-    **ERRORS,
+    **RANGE_ERROR, **ERRORS,
 })
 def download_model(model_id: str, request: Request, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
     record = get_owned(session, ModelRecord, tenant.id, model_id, "model")

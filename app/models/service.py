@@ -36,7 +36,7 @@ def register_output(session: Session, store: LocalStore, parent: ModelRecord, jo
     """Record a model a job wrote (the worker clears an earlier attempt's records first)."""
     staged = store.stage_file(path)
     info = inspect_model(path)
-    record = _record(parent.tenant_id, name, staged, store.put(staged), info, parent_id=parent.id, job_id=job_id)
+    record = _record(parent.tenant_id, clean_name(name, None), staged, store.put(staged), info, parent_id=parent.id, job_id=job_id)
     session.add(record)
     session.flush()
     return record

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 MAX_RAW_JSON = 300_000  # characters of raw JSON embedded; the API serves the full report anyway
 MAX_DEPTH = 3  # pipelines of pipelines: deep enough for anything real, bounded for anything not
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+# Sent as an HTTP header too (app/jobs/routes.py): a saved copy keeps the meta tag, and only the
+# header can say frame-ancestors (no other site may frame the page).
+CSP_HEADER = f"{CSP}; frame-ancestors 'none'"
 
 
 def _safe(fn: Callable[..., str], *args: Any) -> str:

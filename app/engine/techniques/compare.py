@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from app.engine.feeds import FeedSource
-from app.engine.params import MeasureParams
+from app.engine.params import MeasureParams, ModelId
 from app.engine.registry import Context, Result, Technique, UnsupportedModel, register
 
 SCHEMA_VERSION = 1
@@ -23,7 +23,7 @@ class CompareParams(MeasureParams):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model_ids": ["0193a1b2c3d4e5f60718293a4b5c6d81"], "batch_sizes": [1, 32]}]})
 
-    model_ids: list[str] = Field(
+    model_ids: list[ModelId] = Field(
         min_length=1, max_length=7, description="Models to compare with the job's model (ids from /v1/models).",
         json_schema_extra={"examples": [["0193a1b2c3d4e5f60718293a4b5c6d81"]]})
     ci_target: float | None = Field(default=0.02, gt=0.0, le=0.5, description=(

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from app.engine.params import MeasureParams
+from app.engine.params import MeasureParams, Name
 from app.engine.registry import Context, DatasetMismatch, Result, Technique, register
 from app.engine.torch_utils.params import KDParams, TrainingParams
 
@@ -45,7 +45,7 @@ class PruneStructuredParams(MeasureParams):
         description="How channels are ranked: L1 or L2 norm of their weights, or Taylor "
         "(|weight x gradient| on a batch of the dataset, or of generated inputs).",
         json_schema_extra={"examples": ["l1"]})
-    keep_layers: list[str] = Field(
+    keep_layers: list[Name] = Field(
         default_factory=list, max_length=256,
         description="Layers (ONNX node names, e.g. \"/layer1/conv/Conv\") whose output "
         "channels are kept. Layers producing the model's outputs are always kept.",

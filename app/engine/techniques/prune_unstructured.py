@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from app.engine.params import MeasureParams
+from app.engine.params import MeasureParams, Name
 from app.engine.registry import Context, Result, Technique, UnsupportedModel, register
 
 SCHEMA_VERSION = 1
@@ -33,7 +33,7 @@ class PruneUnstructuredParams(MeasureParams):
         description="global: one magnitude threshold over all weights (layers end up with "
         "different sparsities); layer: every layer pruned to `sparsity`.",
         json_schema_extra={"examples": ["global"]})
-    keep_layers: list[str] = Field(
+    keep_layers: list[Name] = Field(
         default_factory=list, max_length=256,
         description="Weight initializer names or node names left dense.",
         json_schema_extra={"examples": [[]]})

@@ -8,7 +8,7 @@ onnxruntime and onnx are imported inside ``run()``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import ConfigDict, Field
 
@@ -42,7 +42,7 @@ class QuantizeDynamicParams(QuantParams):
         json_schema_extra={"examples": ["int8"]},
     )
     op_types: list[OpType] | None = Field(
-        default=None, min_length=1,
+        default=None, min_length=1, max_length=len(get_args(OpType)),
         description="Op types to quantize; null = onnxruntime's default (all of MatMul, Conv, "
         "Attention, LSTM, Gather, Transpose, EmbedLayerNormalization). 'MatMul' also covers "
         "Gemm. Use [\"MatMul\"] to leave convolutions in float.",

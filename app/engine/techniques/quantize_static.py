@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from app.engine.params import Name
 from app.engine.quant_params import QuantParams
 from app.engine.registry import Context, Result, Technique, register
 
@@ -65,7 +66,7 @@ class QuantizeStaticParams(StaticOptions):
         "without VNNI at a small accuracy cost.",
         json_schema_extra={"examples": [False]},
     )
-    op_types: list[str] | None = Field(
+    op_types: list[Name] | None = Field(
         default=None, min_length=1, max_length=64,
         description="Op types to quantize; null = everything onnxruntime's static quantizer "
         "supports (Conv, MatMul, Gemm, Add, Mul, pooling, Gather...).",
