@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -103,6 +102,11 @@ def worker(args: argparse.Namespace) -> None:
 
     os.nice(settings.worker_nice)  # inherited by the pool's children
     queues = args.queues
+    if args.ready_file:  # lathe serve's supervisor reports the worker ready to /readyz from then on
+        from celery.signals import worker_ready
+
+        ready_file = Path(args.ready_file)
+        worker_ready.connect(lambda **_: ready_file.touch(), weak=False)
     celery.worker_main([
         "worker", "--queues", queues, "--concurrency", str(args.concurrency or settings.worker_concurrency),
         "--loglevel", settings.log_level.upper(), "--hostname", f"lathe-{queues.replace(',', '-')}-{os.getpid()}@%h",
@@ -138,27 +142,39 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.main import create_app
+    from app.supervisor import WorkerSupervisor
 
     settings = _settings(args)
     migrate(args)
     key = _local_key(settings)
     host, port = args.host or settings.host, args.port or settings.port
     env = {**os.environ, "LATHE_DATA_DIR": str(settings.resolved_data_dir)}
-    worker_proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu,gpu"], env=env)
+    worker = WorkerSupervisor([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu,gpu"], env,
+                              settings.resolved_data_dir / "worker.ready")
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, embedded_worker=worker), host=host, port=port,
+                                           log_level=settings.log_level))
+    stopping: list[int] = []
+
+    def on_signal(sig: int, frame) -> None:
+        # uvicorn handles SIGINT and SIGTERM while it serves and hands them on here once it has
+        # shut down; SIGHUP (the terminal went away) comes here directly. A second one: no grace.
+        if stopping:
+            worker.kill()
+        stopping.append(sig)
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    worker.start()
     print(f"Lathe is serving on http://{host}:{port}  (Swagger UI: http://{host}:{port}/docs)")
     print(f"data directory: {settings.resolved_data_dir}")
     print(f"API key for tenant 'local' (also in {settings.resolved_data_dir / 'local-api-key'}):")
     print(key, flush=True)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
+        if not stopping:
+            server.run()
     finally:
-        if worker_proc.poll() is None:
-            worker_proc.send_signal(signal.SIGTERM)  # warm shutdown: the current job may finish
-            try:
-                worker_proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker_proc.kill()
-                worker_proc.wait()
+        worker.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("worker", parents=[common], help="run a Celery worker")
     p.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu")
     p.add_argument("--concurrency", type=int)
+    p.add_argument("--ready-file", help="touched once the worker consumes jobs (lathe serve watches it)")
     p.set_defaults(fn=worker)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)

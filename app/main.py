@@ -19,6 +19,7 @@ from app.models.routes import router as models_router
 from app.queue import make_celery
 from app.settings import Settings
 from app.store import open_store
+from app.supervisor import WorkerSupervisor
 from app.tenants.service import KeyCache
 from app.techniques.routes import router as techniques_router
 
@@ -33,7 +34,8 @@ RFC 9457 `application/problem+json`.
 SMALL_BODY = 1024 * 1024  # JSON bodies (jobs) are small
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, embedded_worker: WorkerSupervisor | None = None) -> FastAPI:
+    """embedded_worker: `lathe serve`'s worker, whose state /readyz reports; None in production."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -46,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = open_store(settings.artifact_root)
         app.state.celery = make_celery(settings)
         app.state.key_cache = KeyCache(settings.auth_cache_s)
+        app.state.embedded_worker = embedded_worker
         reaper = Reaper(app.state.sessionmaker, app.state.celery, settings)
         if settings.reaper_interval_s > 0:
             reaper.start()

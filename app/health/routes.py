@@ -17,10 +17,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={
     200: {"content": {"application/json": {"example": {"status": "ready", "database": "ok", "broker": "ok"}}}},
-    503: {"description": "The database or the broker is unreachable (problem+json)."},
+    503: {"description": "The database or the broker is unreachable, or `lathe serve`'s worker is down (problem+json)."},
 })
 def readyz(request: Request) -> JSONResponse:
-    """The database and the broker are reachable."""
+    """The database and the broker are reachable; under `lathe serve`, its worker consumes jobs too.
+
+    Only `lathe serve` owns a worker and knows its state (``worker``); `lathe api` leaves workers
+    on other hosts to their own supervisor."""
     checks = {"database": "ok", "broker": "ok"}
     try:
         with request.app.state.engine.connect() as conn:
@@ -32,6 +35,8 @@ def readyz(request: Request) -> JSONResponse:
             conn.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
+    if (worker := request.app.state.embedded_worker) is not None:
+        checks["worker"] = worker.check()
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", **checks})
     return problem(503, "not-ready", "Not ready", "; ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
