@@ -69,16 +69,28 @@ def after_commit(session: Session, fn: Callable[[], None]) -> None:
     session.info.setdefault("after_commit", []).append(fn)
 
 
+def after_rollback(session: Session, fn: Callable[[], None]) -> None:
+    """Run ``fn`` once the session's transaction ends without committing: undo what the database
+    cannot, such as a file written for a row that was never committed."""
+    session.info.setdefault("after_rollback", []).append(fn)
+
+
 @event.listens_for(Session, "after_commit")
-def _run_after_commit(session: Session) -> None:
-    callbacks = session.info.pop("after_commit", [])
-    for fn in callbacks:
+def _committed(session: Session) -> None:
+    session.info["committed"] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _run_hooks(session: Session, transaction) -> None:
+    # At the end of the outermost transaction, once its connection is back in the pool: a hook
+    # that opens a transaction of its own never holds two connections (parallel requests doing
+    # that could take the whole pool and wait on each other).
+    if transaction.parent is not None:
+        return
+    committed = session.info.pop("committed", False)
+    hooks = {True: session.info.pop("after_commit", []), False: session.info.pop("after_rollback", [])}
+    for fn in hooks[committed]:
         fn()
-
-
-@event.listens_for(Session, "after_rollback")
-def _drop_after_commit(session: Session) -> None:
-    session.info.pop("after_commit", None)
 
 
 @contextmanager

@@ -39,6 +39,10 @@ class InvalidInput(LatheError):
     slug, title = "invalid-input", "Invalid input"
 
 
+class IdempotencyKeyReused(InvalidInput):
+    slug, title = "idempotency-key-reused", "Idempotency-Key reused for a different request"
+
+
 class UnsupportedFormat(LatheError):
     slug, title = "unsupported-format", "Unsupported file format"
 
@@ -57,6 +61,10 @@ class PayloadTooLarge(LatheError):
 
 class Conflict(LatheError):
     slug, title = "conflict", "Conflict with the resource's current state"
+
+
+class Gone(LatheError):
+    slug, title = "gone", "The resource was deleted"
 
 
 class Unavailable(LatheError):
@@ -80,6 +88,7 @@ STATUS: dict[type[LatheError], int] = {
     InvalidDataset: 422,
     PayloadTooLarge: 413,
     Conflict: 409,
+    Gone: 410,
     Unavailable: 503,
     TooManyRequests: 429,
     RangeNotSatisfiable: 416,

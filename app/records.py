@@ -63,6 +63,18 @@ class DatasetRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class BlobRecord(Base):
+    """A file in the artifact store, shared by every model and dataset row with its content.
+
+    The row is what writers lock: an upload claims it before writing the file, and the file is
+    only removed by a transaction that holds the lock and finds no row referencing it
+    (app/blobs.py)."""
+
+    __tablename__ = "blobs"
+    uri: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class JobRecord(Base):
     __tablename__ = "job_records"
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
@@ -97,4 +109,6 @@ class IdempotencyRecord(Base):
     route: Mapped[str] = mapped_column(String(100))
     status_code: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # sha256 of what the request asked for: a repeat asking for something else is refused (NULL: stored before 0003).
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound
@@ -21,7 +21,3 @@ def get_owned(session: Session, record: type[R], tenant_id: str, id: str, what: 
 
 def owned(record: type[R], tenant_id: str) -> Select[tuple[R]]:
     return select(record).where(record.tenant_id == tenant_id)  # type: ignore[attr-defined]
-
-
-def uri_in_use(session: Session, record: type, uri: str) -> bool:
-    return bool(session.scalar(select(func.count()).select_from(record).where(record.uri == uri)))

@@ -70,14 +70,27 @@ class LocalStore:
     def _blob(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
 
+    def uri(self, sha256: str) -> str:
+        """Where content with this hash is (or would be) stored."""
+        return self._blob(sha256).as_uri()
+
     def put(self, staged: Staged) -> str:
-        """Move (or copy) a staged file into place; idempotent for the same content."""
+        """Move (or copy) a staged file into place; idempotent for the same content.
+
+        Only app/blobs.py calls this, after claiming the blob's row: see there why."""
         dest = self._blob(staged.sha256)
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(f".{os.getpid()}.tmp")
-            shutil.copyfile(staged.path, tmp)
-            os.replace(tmp, dest)  # atomic: readers never see a half-written blob
+            # A temporary name of its own: parallel puts of the same content (threads of one
+            # process too) must not write into, or rename away, each other's copy.
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{staged.sha256}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                shutil.copyfile(staged.path, tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)  # atomic: readers never see a half-written blob
+            finally:
+                Path(tmp).unlink(missing_ok=True)
         return dest.as_uri()
 
     def path(self, uri: str) -> Path:

@@ -9,7 +9,7 @@ from app.db import make_engine
 from app.settings import Settings
 from tests.conftest import _pg_database
 
-TABLES = {"tenants", "api_keys", "model_records", "dataset_records", "job_records"}
+TABLES = {"tenants", "api_keys", "model_records", "dataset_records", "job_records", "idempotency_keys", "blobs"}
 
 
 def test_upgrade_downgrade_postgres(tmp_path):

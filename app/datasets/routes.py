@@ -8,6 +8,7 @@ from app.datasets import service
 from app.datasets.schemas import DatasetOut
 from app import idempotency
 from app.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.artifacts import upload_fingerprint
 from app.downloads import RANGE_ERROR, file_response
 from app.idempotency import IdempotencyKey
 from app.pagination import Cursor, Limit, Page, paginate
@@ -36,10 +37,12 @@ def upload_dataset(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Upload a dataset for calibration, evaluation or benchmarking. Only array headers are read to validate it."""
-    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE):
+    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE,
+                                    lambda: upload_fingerprint(file, name), DatasetRecord):
         return cached
     record = service.upload(session, store, settings, tenant, file, name)
-    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, 201, DatasetOut.model_validate(record))
+    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, upload_fingerprint(file, name, record.sha256),
+                         201, DatasetOut.model_validate(record))
     return record
 
 

@@ -15,7 +15,7 @@ from app.artifacts import clean_name, delete_stored, ingest
 def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tenant,
            file: UploadFile, name: str | None) -> DatasetRecord:
     validate = lambda path: inspect_npz(path, settings.max_dataset_uncompressed_bytes)  # noqa: E731
-    with ingest(store, file, settings.max_dataset_bytes, validate) as (staged, uri, info):
+    with ingest(session, store, file, settings.max_dataset_bytes, validate) as (staged, uri, info):
         record = DatasetRecord(tenant_id=tenant.id, name=clean_name(name, file.filename), size_bytes=staged.size,
                                sha256=staged.sha256, uri=uri, **info)
         session.add(record)

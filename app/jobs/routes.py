@@ -33,11 +33,12 @@ ERRORS = {
 def create_job(body: JobCreate, response: Response, tenant: TenantDep, session: SessionDep, celery: CeleryDep,
                settings: SettingsDep, idempotency_key: IdempotencyKey = None) -> Any:
     """Queue a technique on a model. Params are validated before anything is queued."""
-    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE):
+    asked = idempotency.fingerprint(body=body.model_dump(mode="json"))
+    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE, lambda: asked, JobRecord):
         return cached
     job = service.create(session, celery, settings, tenant, body)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, 202, JobOut.model_validate(job),
+    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, asked, 202, JobOut.model_validate(job),
                          {"Location": response.headers["Location"]})
     return job
 

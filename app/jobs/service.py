@@ -13,7 +13,7 @@ from app.jobs import plan, transitions
 from app.jobs.schemas import TERMINAL, JobCreate
 from app.queue import enqueue_job
 from app.records import DatasetRecord, JobRecord, ModelRecord
-from app.tenants.service import Tenant
+from app.tenants.service import Tenant, lock_tenant
 from app.repository import get_owned, owned
 from app.settings import Settings
 
@@ -54,6 +54,7 @@ def create(session: Session, celery: Celery, settings: Settings, tenant: Tenant,
     elif needing := [s.name for s in steps if s.technique.needs_dataset]:
         raise InvalidInput(f"dataset_id: {', '.join(needing)} needs a dataset.")
     technique_name, stored_params = plan.stored(steps)
+    lock_tenant(session, tenant.id)  # count and insert as one step: parallel requests can't both see room
     active = session.scalar(select(func.count()).select_from(JobRecord).where(
         JobRecord.tenant_id == tenant.id, JobRecord.status.in_(("queued", "running"))))
     if active >= settings.max_active_jobs_per_tenant:

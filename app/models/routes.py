@@ -7,6 +7,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from app import idempotency
 from app.deps import CeleryDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from app.jobs.service import queue_conversion
+from app.artifacts import upload_fingerprint
 from app.downloads import RANGE_ERROR, file_response
 from app.idempotency import IdempotencyKey
 from app.models import service
@@ -39,12 +40,14 @@ def upload_model(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Upload a model. It is streamed to disk while hashed, checked, and stored by content."""
-    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE):
+    if cached := idempotency.replay(session, tenant.id, idempotency_key, ROUTE_CREATE,
+                                    lambda: upload_fingerprint(file, name), ModelRecord):
         return cached
     record = service.upload(session, store, settings, tenant, file, name)
     if record.format == "pt2":
         record.meta = {**record.meta, **queue_conversion(session, celery, settings, tenant, record.id)}
-    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, 201, ModelOut.model_validate(record))
+    idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, upload_fingerprint(file, name, record.sha256),
+                         201, ModelOut.model_validate(record))
     return record
 
 

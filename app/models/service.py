@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import UploadFile
 from sqlalchemy.orm import Session
 
+from app import blobs
 from app.models.formats import inspect_model
 from app.records import JobRecord, ModelRecord
 from app.tenants.service import Tenant
@@ -25,7 +26,7 @@ def _record(tenant_id: str, name: str, staged: Staged, uri: str, info: dict[str,
 
 def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tenant,
            file: UploadFile, name: str | None) -> ModelRecord:
-    with ingest(store, file, settings.max_model_bytes, inspect_model) as (staged, uri, info):
+    with ingest(session, store, file, settings.max_model_bytes, inspect_model) as (staged, uri, info):
         record = _record(tenant.id, clean_name(name, file.filename), staged, uri, info)
         session.add(record)
         session.flush()
@@ -36,7 +37,7 @@ def register_output(session: Session, store: LocalStore, parent: ModelRecord, jo
     """Record a model a job wrote (the worker clears an earlier attempt's records first)."""
     staged = store.stage_file(path)
     info = inspect_model(path)
-    record = _record(parent.tenant_id, clean_name(name, None), staged, store.put(staged), info, parent_id=parent.id, job_id=job_id)
+    record = _record(parent.tenant_id, clean_name(name, None), staged, blobs.put(session, store, staged), info, parent_id=parent.id, job_id=job_id)
     session.add(record)
     session.flush()
     return record

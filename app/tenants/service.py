@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.records import ApiKeyRecord, TenantRecord
@@ -31,6 +31,18 @@ def get_or_create_tenant(session: Session, name: str) -> TenantRecord:
         session.add(tenant)
         session.flush()
     return tenant
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Hold the tenant's row until this transaction ends, so that quota checks of parallel
+    requests (count, then insert) run one after another.
+
+    A no-op UPDATE rather than SELECT ... FOR UPDATE: SQLite has no row locks, but a write takes
+    its database write lock at once, and the reads after it see every committed row; PostgreSQL
+    takes a FOR NO KEY UPDATE row lock, which does not hold up inserts that merely reference the
+    tenant (uploads, other tenants' work)."""
+    session.execute(update(TenantRecord).where(TenantRecord.id == tenant_id).values(name=TenantRecord.name)
+                    .execution_options(synchronize_session=False))
 
 
 def create_key(session: Session, tenant_name: str) -> str:
