@@ -1,7 +1,24 @@
 """The worker's Celery app: the shared configuration plus the task module."""
 
+import multiprocessing.process as mp_process
+
+from celery.signals import worker_process_init
+
 from app.queue import make_celery
 from app.settings import Settings
 
+# The standard library's main-process class (it deletes the name); captured before billiard forks.
+_MainProcess = type(mp_process.current_process())
 celery = make_celery(Settings())
 celery.conf.include = ["workers.tasks"]
+
+
+@worker_process_init.connect
+def _own_multiprocessing_identity(**_) -> None:
+    """billiard (Celery's pool) installs its own process object as the standard library's
+    current process in each pool child: daemonic ("daemonic processes are not allowed to have
+    children") and with billiard's authkey, which the standard library refuses to pickle. Jobs
+    run native steps in children of their own (app.engine.isolate, a forkserver), killed at
+    their deadline, when the job is stopped, and by the guard before it ends the process; give
+    the standard library back a main-process identity so that it can start them."""
+    mp_process._current_process = _MainProcess()

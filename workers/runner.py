@@ -27,23 +27,12 @@ from app.models.service import register_output
 from app.records import DatasetRecord, JobRecord, ModelRecord
 from app.settings import Settings
 from app.store import open_store
-from workers.guard import JobGuard
+from workers.guard import JobGuard, JobStopped
 
 log = logging.getLogger("lathe.worker")
 PROGRESS_INTERVAL_S = 1.0
 DB_RETRY_S = 300.0
 T = TypeVar("T")
-
-
-class JobStopped(BaseException):
-    """Raised from the progress callback to stop a job (cancelled, or past its soft time limit).
-
-    A BaseException, like KeyboardInterrupt: engine code that turns library errors into user
-    errors with ``except Exception`` must not swallow it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @cache
@@ -187,6 +176,7 @@ def run_job(slot: str) -> None:
         log.exception("job %s could not be loaded", job_id)
         _db(sessions, transitions.fail, job_id, "internal_error", f"Loading the job failed: {type(exc).__name__}")
         return
+    loaded.ctx = replace(loaded.ctx, native_step_timeout_s=settings.native_step_timeout_s)
     workdir = settings.resolved_data_dir / "work" / job_id
     shutil.rmtree(workdir, ignore_errors=True)  # left by an earlier attempt whose worker died
     workdir.mkdir(parents=True)

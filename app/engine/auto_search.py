@@ -37,7 +37,7 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                   task=params.task, tolerance=tolerance)
     with ort_quant.staged(ctx.model_path, ctx.workdir, preprocess=params.preprocess,
                           min_opset=ort_static.STATIC_MIN_OPSET if "static" in modes else 11,
-                          ) as stage:
+                          deadline_s=ctx.native_step_timeout_s) as stage:
         base = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
                                   params.exclude_op_types)
         layers = [n for n in weighted_nodes(stage.path, LAYER_OPS) if n["name"] not in base]

@@ -26,6 +26,11 @@ class FeedSource:
         self._arrays: Mapping[str, Any] | None = None
         self._dims_checked = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to a native step's child process (isolate.run_bounded): it reloads the arrays
+        # from the file rather than receiving a copy of them through a pipe.
+        return {**self.__dict__, "_arrays": None}
+
     def _check_dims(self, specs: Sequence[Spec]) -> None:
         # A typo in a dim name would otherwise silently measure default_dim instead.
         known = resolved_dims(specs, {}, 0)

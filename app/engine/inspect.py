@@ -18,8 +18,11 @@ from onnx import TensorProto, helper
 from app.engine.registry import UnsupportedModel
 
 
-def inspect_onnx(path: str | Path) -> dict[str, Any]:
-    """Validate ``path`` and describe it; raise UnsupportedModel with advice when unusable."""
+def inspect_onnx(path: str | Path, *, max_nodes: int | None = None,
+                 max_depth: int | None = None) -> dict[str, Any]:
+    """Validate ``path`` and describe it; raise UnsupportedModel with advice when unusable.
+    ``max_nodes`` / ``max_depth``: refuse absurd graphs (see ``check_graph_size``); the API
+    passes its settings at upload, produced models are not limited."""
     path = Path(path)
     try:
         # Never follow external-data references: they could point anywhere on the worker's disk.
@@ -38,6 +41,7 @@ def inspect_onnx(path: str | Path) -> dict[str, Any]:
             "(onnx.save_model(model, path, save_as_external_data=False), < 2 GiB)"
         )
 
+    check_graph_size(model, max_nodes=max_nodes, max_depth=max_depth)  # before the checker
     try:
         # The path form also works for models close to the 2 GiB protobuf limit.
         onnx.checker.check_model(str(path))
@@ -65,6 +69,34 @@ def inspect_onnx(path: str | Path) -> dict[str, Any]:
         # Top-level graph only; used to explain what a technique can or cannot do.
         "op_types": dict(sorted(Counter(n.op_type for n in graph.node).items())),
     }
+
+
+def check_graph_size(model: onnx.ModelProto, *, max_nodes: int | None,
+                     max_depth: int | None) -> None:
+    """Refuse graphs no real model has: subgraphs (If/Loop/Scan bodies) nested deeper than
+    ``max_depth``, or more than ``max_nodes`` nodes counting subgraphs and functions. A few KB
+    of nested If kept onnxruntime's shape inference busy for hours; torch exports nest 0-2
+    deep. Iterative, and stops at the first limit, so the check itself stays cheap."""
+    nodes, deepest = 0, 0
+    stack: list[tuple[GraphProto | onnx.FunctionProto, int]] = [(model.graph, 0)]
+    stack += [(f, 0) for f in model.functions]
+    while stack:
+        graph, depth = stack.pop()
+        deepest = max(deepest, depth)
+        nodes += len(graph.node)
+        if max_depth is not None and deepest > max_depth:
+            raise UnsupportedModel(
+                f"subgraphs (If/Loop/Scan bodies) are nested more than {max_depth} deep (found "
+                f"{deepest}); this service refuses such graphs (LATHE_MAX_SUBGRAPH_DEPTH)")
+        if max_nodes is not None and nodes > max_nodes:
+            raise UnsupportedModel(
+                f"the model has more than {max_nodes} nodes, counting subgraphs and functions; "
+                "this service refuses such graphs (LATHE_MAX_GRAPH_NODES)")
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append((attr.g, depth + 1))
+                stack.extend((sub, depth + 1) for sub in attr.graphs)
 
 
 def _numel(dims: Any) -> int:

@@ -18,23 +18,26 @@ def convert_fp16(stage: Staged, dst: Path, *, exclude_nodes: Sequence[str],
                  exclude_op_types: Sequence[str]) -> None:
     """float32 -> float16 everywhere except graph inputs/outputs (kept float32 behind Casts,
     so callers feed and read what they did before) and the excluded nodes."""
+    run_quantizer(stage, dst, "float16", "exclude the op types it fails on "
+                  "(exclude_op_types) or set preprocess=false", _convert_fp16, stage.path, dst,
+                  exclude_nodes=list(exclude_nodes), exclude_op_types=list(exclude_op_types))
+
+
+def _convert_fp16(src: Path, dst: Path, *, exclude_nodes: list[str],
+                  exclude_op_types: list[str]) -> None:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    def call() -> None:
-        model = onnx.load(str(stage.path))
-        converted = convert_float_to_float16(
-            model, keep_io_types=True, disable_shape_infer=False,
-            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(INTEGER_OPS) + list(exclude_op_types),
-            node_block_list=list(exclude_nodes))
-        # The converter appends its Cast nodes at the end; the checker wants graph order.
-        wrapped = OnnxModel(converted)
-        wrapped.topological_sort()
-        onnx.save(wrapped.model, str(dst))
-
-    run_quantizer(stage, dst, "float16", "exclude the op types it fails on "
-                  "(exclude_op_types) or set preprocess=false", call)
+    model = onnx.load(str(src))
+    converted = convert_float_to_float16(
+        model, keep_io_types=True, disable_shape_infer=False,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(INTEGER_OPS) + exclude_op_types,
+        node_block_list=exclude_nodes)
+    # The converter appends its Cast nodes at the end; the checker wants graph order.
+    wrapped = OnnxModel(converted)
+    wrapped.topological_sort()
+    onnx.save(wrapped.model, str(dst))
 
 
 # Ops of an already-quantized model: their float inputs/outputs (scales, activations about to
@@ -49,22 +52,26 @@ def quantize_int4(stage: Staged, dst: Path, *, block_size: int, symmetric: bool,
                   exclude: Sequence[str]) -> None:
     """Weight-only 4-bit quantization of MatMul (and Gemm, rewritten to MatMul + Add first)
     and optionally Gather (embedding tables) weights, block-wise along the input axis."""
+    run_quantizer(stage, dst, "4-bit", "try a smaller block_size, include_gather=false or "
+                  "preprocess=false", _quantize_int4, stage.path, dst, block_size=block_size,
+                  symmetric=symmetric, accuracy_level=accuracy_level,
+                  include_gather=include_gather, exclude=list(exclude))
+
+
+def _quantize_int4(src: Path, dst: Path, *, block_size: int, symmetric: bool,
+                   accuracy_level: int | None, include_gather: bool, exclude: list[str]) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    def call() -> None:
-        model = onnx.load(str(stage.path))
-        gemm_to_matmul(model)
-        ops = ("MatMul", "Gather") if include_gather else ("MatMul",)
-        quantizer = MatMulNBitsQuantizer(
-            model, bits=4, block_size=block_size, is_symmetric=symmetric,
-            accuracy_level=accuracy_level, nodes_to_exclude=list(exclude),
-            op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dst))
-
-    run_quantizer(stage, dst, "4-bit", "try a smaller block_size, include_gather=false or "
-                  "preprocess=false", call)
+    model = onnx.load(str(src))
+    gemm_to_matmul(model)
+    ops = ("MatMul", "Gather") if include_gather else ("MatMul",)
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=4, block_size=block_size, is_symmetric=symmetric,
+        accuracy_level=accuracy_level, nodes_to_exclude=exclude,
+        op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst))
 
 
 def gemm_to_matmul(model) -> int:

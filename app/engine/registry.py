@@ -46,6 +46,10 @@ class DatasetMismatch(TechniqueError):
         super().__init__(detail, type="dataset_mismatch")
 
 
+# How long one native step we don't control (shape inference, a converter, an exporter) may
+# run before its process is killed; the worker passes LATHE_NATIVE_STEP_TIMEOUT_S.
+DEFAULT_NATIVE_STEP_TIMEOUT_S = 300.0
+
 ProgressFn = Callable[[float, str], None]
 """progress(fraction in [0, 1], stage name). The worker may raise from it to cancel the job."""
 
@@ -66,6 +70,8 @@ class Context:
     parent_path: Path | None = None
     # The job model's id, for reports that name models (compare); None outside the service.
     model_id: str | None = None
+    # Deadline of each native step (see app.engine.isolate): past it the step is killed.
+    native_step_timeout_s: float = DEFAULT_NATIVE_STEP_TIMEOUT_S
 
 
 @dataclass

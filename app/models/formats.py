@@ -65,8 +65,10 @@ def inspect_pt2(path: Path) -> dict[str, Any]:
             "tensors_checked": len(manifest.weights) + len(manifest.constants)}
 
 
-def inspect_model(path: Path) -> dict[str, Any]:
-    """Return format, inputs, outputs, parameter_count and extra metadata, or raise a 4xx error."""
+def inspect_model(path: Path, *, max_nodes: int | None = None,
+                  max_depth: int | None = None) -> dict[str, Any]:
+    """Return format, inputs, outputs, parameter_count and extra metadata, or raise a 4xx error.
+    ``max_nodes`` / ``max_depth``: an ONNX graph's size limits (uploads pass the settings)."""
     fmt = _sniff(path)
     if fmt == "pt2":
         try:
@@ -77,7 +79,7 @@ def inspect_model(path: Path) -> dict[str, Any]:
     from app.engine.registry import TechniqueError
 
     try:
-        info = inspect_onnx(path)
+        info = inspect_onnx(path, max_nodes=max_nodes, max_depth=max_depth)
     except TechniqueError as exc:
         raise InvalidModel(exc.detail) from None
     except Exception as exc:  # protobuf decode errors and the like: the file is not valid ONNX

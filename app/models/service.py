@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ def _record(tenant_id: str, name: str, staged: Staged, uri: str, info: dict[str,
 
 def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tenant,
            file: UploadFile, name: str | None) -> ModelRecord:
-    with ingest(session, store, file, settings.max_model_bytes, inspect_model) as (staged, uri, info):
+    limits = functools.partial(inspect_model, max_nodes=settings.max_graph_nodes,
+                               max_depth=settings.max_subgraph_depth)
+    with ingest(session, store, file, settings.max_model_bytes, limits) as (staged, uri, info):
         record = _record(tenant.id, clean_name(name, file.filename), staged, uri, info)
         session.add(record)
         session.flush()

@@ -85,7 +85,7 @@ class QuantizeDynamic(Technique):
         ctx.progress(0.05, "quantizing")
         output = ctx.workdir / "model.onnx"
         with ort_quant.staged(ctx.model_path, ctx.workdir, preprocess=params.preprocess,
-                              min_opset=11) as stage:
+                              min_opset=11, deadline_s=ctx.native_step_timeout_s) as stage:
             exclude = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
                                          params.exclude_op_types)
             ort_quant.dynamic(stage, output, op_types=params.op_types,

@@ -47,7 +47,7 @@ class QuantizeFp16(Technique):
         output = ctx.workdir / "model.onnx"
         ctx.progress(0.05, "converting")
         with staged(ctx.model_path, ctx.workdir, preprocess=params.preprocess,
-                    min_opset=1) as stage:
+                    min_opset=1, deadline_s=ctx.native_step_timeout_s) as stage:
             exclude = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes, [])
             convert_fp16(stage, output, exclude_nodes=exclude,
                          exclude_op_types=params.exclude_op_types)

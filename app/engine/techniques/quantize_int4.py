@@ -77,12 +77,14 @@ class QuantizeInt4(Technique):
             try:
                 stage = stack.enter_context(staged(
                     ctx.model_path, ctx.workdir, preprocess=params.preprocess,
-                    min_opset=INT4_GATHER_OPSET if gather else 1))
+                    min_opset=INT4_GATHER_OPSET if gather else 1,
+                    deadline_s=ctx.native_step_timeout_s))
             except UnsupportedModel as exc:  # the opset upgrade failed: MatMul only
                 notes.append(f"embedding tables left in float: {exc.detail}")
                 gather = False
                 stage = stack.enter_context(staged(
-                    ctx.model_path, ctx.workdir, preprocess=params.preprocess, min_opset=1))
+                    ctx.model_path, ctx.workdir, preprocess=params.preprocess, min_opset=1,
+                    deadline_s=ctx.native_step_timeout_s))
             exclude = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
                                          params.exclude_op_types)
             quantize_int4(stage, output, block_size=params.block_size,

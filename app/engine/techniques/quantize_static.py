@@ -110,7 +110,8 @@ class QuantizeStatic(Technique):
         output = ctx.workdir / "model.onnx"
         ctx.progress(0.05, "calibrating")
         with staged(ctx.model_path, ctx.workdir, preprocess=params.preprocess,
-                    min_opset=STATIC_MIN_OPSET) as stage:
+                    min_opset=STATIC_MIN_OPSET,
+                    deadline_s=ctx.native_step_timeout_s) as stage:
             exclude = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
                                          params.exclude_op_types)
             static(stage, output, reader=calibration_reader(feeds, specs, params.samples),
