@@ -7,15 +7,13 @@ from sqlalchemy import inspect
 from app.cli import run_migrations
 from app.db import make_engine
 from app.settings import Settings
-from tests.conftest import _pg_database
+from benchmarks.deploy import scratch_pg_database
 
 TABLES = {"tenants", "api_keys", "model_records", "dataset_records", "job_records", "idempotency_keys", "blobs"}
 
 
 def test_upgrade_downgrade_postgres(tmp_path):
-    db = _pg_database()
-    url = next(db)
-    try:
+    with scratch_pg_database() as url:
         settings = Settings(data_dir=tmp_path, database_url=url)
         engine = make_engine(url)
         run_migrations(settings)
@@ -25,5 +23,3 @@ def test_upgrade_downgrade_postgres(tmp_path):
         run_migrations(settings)
         assert TABLES <= set(inspect(engine).get_table_names())
         engine.dispose()
-    finally:
-        next(db, None)

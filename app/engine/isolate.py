@@ -66,16 +66,21 @@ def error_name(exc: BaseException) -> str:
 
 
 def run_bounded(fn: Callable[..., Any], *args: Any, deadline_s: float, step: str,
-                cwd: Path | None = None, **kw: Any) -> Any:
+                cwd: Path | None = None, confine: bool = False, **kw: Any) -> Any:
     """``fn(*args, **kw)`` in a child process, its JSON-able result returned here.
 
     TechniqueErrors raised in the child are raised again here with their type and detail;
     other exceptions come back as StepFailed; a child that dies (segfault, OOM kill) too.
-    ``cwd``: the child's working directory (onnxruntime's tools litter it)."""
+    ``cwd``: the child's working directory (onnxruntime's tools litter it). ``confine``: the
+    child also drops to no network and, under root, the ``nobody`` user, writing only in
+    ``cwd`` (``app.engine.sandbox``) before it runs ``fn``: for steps that execute an uploaded
+    program."""
+    if confine and cwd is None:
+        raise ValueError("a confined step needs the one folder it may write (cwd)")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(writer, fn, args, kw, cwd), name=f"lathe-step {step}")
+    proc = ctx.Process(target=_child, args=(writer, fn, args, kw, cwd, confine), name=f"lathe-step {step}")
     deadline = time.monotonic() + deadline_s
     try:
         proc.start()
@@ -118,11 +123,16 @@ def _kill(proc: Any) -> None:
         proc.close()
 
 
-def _child(writer: Any, fn: Callable[..., Any], args: tuple, kw: dict, cwd: Path | None) -> None:
+def _child(writer: Any, fn: Callable[..., Any], args: tuple, kw: dict, cwd: Path | None,
+           confine: bool) -> None:
     os.setsid()  # a process group of its own: the deadline kills its descendants too
     try:
         if cwd is not None:
             os.chdir(cwd)
+        if confine:
+            from app.engine.sandbox import confine as confine_to
+
+            kw = {**kw, "confinement": confine_to(cwd)}
         payload: dict[str, Any] = {"result": fn(*args, **kw)}
     except TechniqueError as exc:
         payload = {"error": {"type": exc.type, "detail": exc.detail}}

@@ -39,70 +39,92 @@ class ConvertOnnx(Technique):
     produces_model = True
 
     def run(self, ctx: Context) -> Result:
-        import warnings
+        import shutil
 
-        import numpy as np
-        import torch
-
-        from app.engine.torch_utils.loading import example_inputs, is_pt2, load_pt2
-        from app.engine.torch_utils.export import io_specs
-        from app.engine.session import create_session, short_reason
+        from app.engine.isolate import run_bounded
+        from app.engine.torch_utils.loading import is_pt2
 
         p = self.params_of(ctx)
         if not is_pt2(ctx.model_path):
             raise UnsupportedModel("this model is already ONNX; convert.onnx converts "
                                    "torch.export (.pt2) programs")
-        ctx.progress(0.0, "checking and loading the archive")
-        program = load_pt2(ctx.model_path)
-        args = example_inputs(program)
-        names = [s.arg.name for s in program.graph_signature.input_specs
-                 if s.kind.name == "USER_INPUT"]
-        outs = [s for s in program.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"]
-        out_names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
-        module = program.module()
-        dynamic = tuple({0: torch.export.Dim("batch")} if a.dim() else None for a in args)
+        # The uploaded program runs only in a child: killed at the native-step deadline, with no
+        # network and (under root) as nobody, writing only in its own folder.
+        box = ctx.workdir / "convert"
+        box.mkdir()
+        shutil.copyfile(ctx.model_path, box / "model.pt2")
+        ctx.progress(0.0, "loading, exporting and verifying the program in a confined process")
+        report = run_bounded(_convert, "model.pt2", "model.onnx", p.opset, p.atol, ctx.device, deadline_s=ctx.native_step_timeout_s,
+                             step="torch.export program conversion", cwd=box, confine=True)
         output = ctx.workdir / "model.onnx"
-        ctx.progress(0.2, "exporting to ONNX")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, args, str(output), input_names=names,
-                                  output_names=out_names, dynamic_shapes=dynamic,
-                                  opset_version=p.opset, dynamo=True, verbose=False,
-                                  external_data=False, artifacts_dir=str(ctx.workdir))
-        except Exception as exc:
-            reason = " ".join(str(exc).split())[:240] or type(exc).__name__
-            raise UnsupportedModel(f"torch.onnx could not export this program ({reason})") from None
-        ctx.progress(0.8, "verifying in onnxruntime")
-        with torch.no_grad():
-            expected = module(*args)
-        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-        session = create_session(output, 1, ctx.device)[0]
-        try:
-            got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
-        except Exception as exc:
-            raise UnsupportedModel(f"the exported ONNX does not run in onnxruntime "
-                                   f"({short_reason(exc)})") from None
-        shapes = [list(g.shape) for g in got]
-        want = [list(e.shape) for e in expected]
-        errors = [float(np.abs(g - e.numpy()).max()) if g.size else 0.0 for g, e in zip(got, expected)]
-        if shapes != want or max(errors, default=0.0) > p.atol:
-            raise UnsupportedModel(f"the exported ONNX disagrees with the program: shapes {shapes} "
-                                   f"vs {want}, max abs error {max(errors, default=0.0):.3g}")
-        inputs, outputs = io_specs(output)
-        symbolic = all(isinstance(s["shape"][0], str) for s in inputs if s["shape"])
-        notes = [] if symbolic else [
-            "the program was exported with a fixed batch size, so the ONNX model has one too; "
-            "export with dynamic_shapes={0: torch.export.Dim('batch')} for a symbolic batch"]
-        report = {
-            "schema_version": SCHEMA_VERSION, "technique": self.name,
-            "parent": {"format": "pt2", "size_bytes": ctx.model_path.stat().st_size},
-            "result": {"format": "onnx", "size_bytes": output.stat().st_size, "opset": p.opset,
-                       "inputs": inputs, "outputs": outputs},
-            "verification": {"onnxruntime_loaded": True, "output_shapes": shapes,
-                             "output_shapes_match_program": True,
-                             "max_abs_error": max(errors, default=0.0),
-                             "generated_input_shapes": [list(a.shape) for a in args]},
-            "symbolic_batch": symbolic, "torch": torch.__version__, "notes": notes,
-        }
+        (box / "model.onnx").rename(output)
+        shutil.rmtree(box, ignore_errors=True)
+        report["parent"]["size_bytes"] = ctx.model_path.stat().st_size
         return Result(report=report, output_path=output)
+
+
+def _convert(source: str, target: str, opset: int, atol: float, device: str, confinement: dict) -> dict:
+    """Load the checked archive, export it, verify the ONNX against the program (run in the
+    confined child, cwd = its folder); the report, as JSON-able data."""
+    import warnings
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from app.engine.session import create_session, short_reason
+    from app.engine.torch_utils.export import io_specs
+    from app.engine.torch_utils.loading import example_inputs, load_pt2
+
+    source_path, output = Path(source).resolve(), Path(target).resolve()
+    program = load_pt2(source_path)
+    args = example_inputs(program)
+    names = [s.arg.name for s in program.graph_signature.input_specs
+             if s.kind.name == "USER_INPUT"]
+    outs = [s for s in program.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"]
+    out_names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+    module = program.module()
+    dynamic = tuple({0: torch.export.Dim("batch")} if a.dim() else None for a in args)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(output), input_names=names,
+                              output_names=out_names, dynamic_shapes=dynamic,
+                              opset_version=opset, dynamo=True, verbose=False,
+                              external_data=False, artifacts_dir=str(output.parent))
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+        raise UnsupportedModel(f"torch.onnx could not export this program ({reason})") from None
+    with torch.no_grad():
+        expected = module(*args)
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    session = create_session(output, 1, device)[0]
+    try:
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+    except Exception as exc:
+        raise UnsupportedModel(f"the exported ONNX does not run in onnxruntime "
+                               f"({short_reason(exc)})") from None
+    shapes = [list(g.shape) for g in got]
+    want = [list(e.shape) for e in expected]
+    errors = [float(np.abs(g - e.numpy()).max()) if g.size else 0.0 for g, e in zip(got, expected)]
+    if shapes != want or max(errors, default=0.0) > atol:
+        raise UnsupportedModel(f"the exported ONNX disagrees with the program: shapes {shapes} "
+                               f"vs {want}, max abs error {max(errors, default=0.0):.3g}")
+    inputs, outputs = io_specs(output)
+    symbolic = all(isinstance(s["shape"][0], str) for s in inputs if s["shape"])
+    notes = [] if symbolic else [
+        "the program was exported with a fixed batch size, so the ONNX model has one too; "
+        "export with dynamic_shapes={0: torch.export.Dim('batch')} for a symbolic batch"]
+    report = {
+        "schema_version": SCHEMA_VERSION, "technique": ConvertOnnx.name,
+        "parent": {"format": "pt2"},
+        "result": {"format": "onnx", "size_bytes": output.stat().st_size, "opset": opset,
+                   "inputs": inputs, "outputs": outputs},
+        "verification": {"onnxruntime_loaded": True, "output_shapes": shapes,
+                         "output_shapes_match_program": True,
+                         "max_abs_error": max(errors, default=0.0),
+                         "generated_input_shapes": [list(a.shape) for a in args]},
+        "symbolic_batch": symbolic, "torch": torch.__version__, "notes": notes,
+        "sandbox": confinement,
+    }
+    return report
