@@ -112,15 +112,8 @@ def _status_for(exc: LatheError) -> int:
 
 
 def _without_server_paths(request: Request, detail: str) -> str:
-    """A detail with the server's folders blanked out. Third-party messages (the ONNX checker's,
-    an OSError's) name files by absolute path; a client must never learn where they live."""
     settings = getattr(request.app.state, "settings", None)
-    if settings is None:
-        return detail
-    folders = {settings.artifact_root, settings.resolved_data_dir, settings.data_dir}
-    for folder in sorted((str(f) for f in folders if f.is_absolute()), key=len, reverse=True):
-        detail = detail.replace(folder, "<server>")
-    return detail
+    return detail if settings is None else settings.without_server_paths(detail)
 
 
 def install(app: FastAPI) -> None:

@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         return self.database_url is None or self.database_url.startswith("sqlite")
 
+    def without_server_paths(self, text: str) -> str:
+        """``text`` with this server's folders blanked out. Third-party messages (the ONNX
+        checker's, an OSError's, a converter's) name files by absolute path; a client must never
+        learn where they live."""
+        folders = {self.artifact_root, self.resolved_data_dir, self.data_dir}
+        for folder in sorted((str(f) for f in folders if f.is_absolute()), key=len, reverse=True):
+            text = text.replace(folder, "<server>")
+        return text
+
     def ensure_dirs(self) -> None:
         self.resolved_data_dir.mkdir(parents=True, exist_ok=True)
         self.artifact_root.mkdir(parents=True, exist_ok=True)

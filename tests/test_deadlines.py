@@ -101,3 +101,16 @@ def test_absurdly_nested_graphs_are_refused_at_upload(tmp_path):
         # An ordinary nesting depth is still fine.
         r = api.post("/v1/models", files={"file": ("n2.onnx", save_nested_if(2, tmp_path / "n2.onnx").read_bytes())})
         assert r.status_code == 201, r.text
+
+
+def test_session_creation_runs_under_the_native_step_deadline(tmp_path, mlp_onnx):
+    """Graph optimisation at session creation is native too: the job model's first session is
+    created in a bounded child (a deadline no session creation can meet makes that visible)."""
+    with deployment(tmp_path, native_step_timeout_s=0.001) as d:
+        api = d.new_client()
+        r = api.post("/v1/jobs", json={"model_id": _upload(api, mlp_onnx), "technique": "benchmark",
+                                       "params": {"batch_sizes": [1]}})
+        assert r.status_code == 202, r.text
+        job = api.wait_job(r.json()["id"], timeout=60)
+    assert job["status"] == "failed" and job["error"]["type"] == "step_timeout", job
+    assert "onnxruntime session creation" in job["error"]["detail"]

@@ -341,3 +341,12 @@ def test_a_longest_name_survives_a_job_that_derives_an_output_name(api):
     output = api.get(f"/v1/models/{job['output_model_id']}").json()
     name = output["name"]
     assert len(name) <= 255 and name.startswith("n" * 100) and name.endswith("n.quantize.fp16.onnx"), name
+
+
+def test_job_errors_never_name_server_paths(tmp_path):
+    """The worker writes job errors through the same filter as the API's problem details."""
+    from app.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data")
+    detail = f"could not read {settings.resolved_data_dir}/work/j1/model.onnx or {settings.artifact_root}/ab/abc"
+    assert settings.without_server_paths(detail) == "could not read <server>/work/j1/model.onnx or <server>/ab/abc"

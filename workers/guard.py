@@ -100,7 +100,7 @@ class JobGuard(threading.Thread):
         next_beat = 0.0
         while not self._done.wait(min(0.5, self.interval)):
             now = time.monotonic()
-            rss = proc.memory_info().rss
+            rss = _tree_rss(proc)
             if rss > self.memory_limit:
                 self._kill("memory_limit", f"The job used {rss // 2**20} MiB, over the limit of "
                            f"{self.memory_limit // 2**20} MiB per job; try smaller batch sizes or a smaller model.")
@@ -153,3 +153,17 @@ def _kill_children() -> None:
             child.kill()
         except psutil.Error:
             pass
+
+
+def _tree_rss(proc) -> int:
+    """RSS of the job's process and its children: native steps run in child processes
+    (app.engine.isolate), and their memory is the job's too."""
+    import psutil
+
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total

@@ -18,8 +18,12 @@ from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from app import blobs
 from app.db import make_engine, make_sessionmaker, transaction
+from app.engine.isolate import run_bounded
 from app.engine.registry import Context, Result, TechniqueError
+from app.engine.session import probe_session
+from app.engine.torch_utils.loading import is_pt2
 from app.errors import InvalidInput
 from app.jobs import plan, transitions
 from app.jobs.service import referenced_models
@@ -85,11 +89,13 @@ def _load(s, job_id: str) -> Loaded:
     can't be loaded now never will be, so it must not go back to the queue."""
     job = s.get(JobRecord, job_id)
     # Outputs of an earlier attempt whose worker died were never reported: start clean.
-    s.query(ModelRecord).filter_by(job_id=job_id, tenant_id=job.tenant_id).delete()
+    store = _resources()[2]
+    for stale in s.query(ModelRecord).filter_by(job_id=job_id, tenant_id=job.tenant_id).all():
+        s.delete(stale)
+        blobs.release(s, store, stale.uri)
     model = s.get(ModelRecord, job.model_id) if job.model_id else None
     if model is None:
         raise TechniqueError("The job's model was deleted before the job ran.", type="model_deleted")
-    store = _resources()[2]
     try:
         steps = plan.from_row(job.technique, job.params)
     except InvalidInput as exc:
@@ -141,6 +147,10 @@ def _run_steps(loaded: Loaded, workdir: Path, progress) -> list[Result]:
     """Each step's output feeds the next; progress is split evenly between steps."""
     results: list[Result] = []
     model_path, parent_path = loaded.ctx.model_path, loaded.ctx.parent_path
+    if not is_pt2(model_path):  # the job's own model: later steps read models Lathe wrote
+        progress(0.0, "loading")
+        run_bounded(probe_session, str(model_path), deadline_s=loaded.ctx.native_step_timeout_s,
+                    step="onnxruntime session creation", cwd=workdir)
     n = len(loaded.steps)
     for i, step in enumerate(loaded.steps):
         step_dir = workdir / f"step-{i}" if n > 1 else workdir
@@ -183,7 +193,7 @@ def run_job(slot: str) -> None:
 
     def fail(type: str, detail: str) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
-        _db(sessions, transitions.fail, job_id, type, detail)
+        _db(sessions, transitions.fail, job_id, type, settings.without_server_paths(detail))
 
     guard = JobGuard(job_id, interval=settings.heartbeat_interval_s, cancel_grace=settings.cancel_grace_s,
                      memory_limit=settings.job_memory_limit_bytes, soft_time_limit=settings.job_soft_time_limit_s,

@@ -107,6 +107,13 @@ def create_session(path: Path, threads: int, device: Device = "cpu",
     return session, (time.perf_counter_ns() - start) / 1e6
 
 
+def probe_session(path: str) -> float:
+    """Create (and drop) a CPU session for ``path``; run it through ``isolate.run_bounded`` before
+    the first session of a job: graph optimisation is native code a hostile graph can keep busy,
+    and this way it runs where a deadline can kill it. Returns the creation time in ms."""
+    return create_session(Path(path), 1)[1]
+
+
 def used_provider(session: Any) -> str:
     """The provider that actually runs the model (ORT silently falls back when CUDA fails)."""
     return str(session.get_providers()[0])

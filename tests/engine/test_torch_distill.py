@@ -74,8 +74,8 @@ def test_distill_uploaded_student_and_label_checks(resnet, make_ctx, tmp_path):
         Distill().run(make_ctx(model, DistillParams(epochs=1, lr=1e-3), dataset=unlabelled))
 
 
-def test_lr_range_test_curve_rises_at_the_end(resnet):
-    module = onnx_to_torch(resnet[0])
+def test_lr_range_test_curve_rises_at_the_end(resnet, tmp_path):
+    module = onnx_to_torch(resnet[0], tmp_path)
     data = dict(np.load(resnet[1]))
     lr, curve = lr_range_test(module, {"inputs": [data["image"]], "labels": data["labels"]},
                               TrainConfig(epochs=1, lr=1e-3, batch_size=32), steps=40)
@@ -84,7 +84,7 @@ def test_lr_range_test_curve_rises_at_the_end(resnet):
 
 
 def test_ddp_two_gloo_ranks_end_with_identical_weights(resnet, tmp_path):
-    module = onnx_to_torch(resnet[0])
+    module = onnx_to_torch(resnet[0], tmp_path)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     data = dict(np.load(resnet[1]))
     train = {"inputs": [data["image"][:128]], "labels": data["labels"][:128]}

@@ -99,3 +99,26 @@ def test_a_graph_torch_pruning_cannot_handle_fails_clearly(tmp_path, make_ctx):
 def test_unknown_keep_layer_lists_the_layers(resnet, make_ctx):
     with pytest.raises(Exception, match="not prunable layers of this model"):
         PruneStructured().run(make_ctx(resnet[0], PruneStructuredParams(keep_layers=["nope"])))
+
+
+def test_torch_conversion_and_export_run_under_the_native_step_deadline(tmp_path):
+    """onnx2torch's shape inference and torch.onnx.export are native: each runs in a child that
+    the deadline kills (one no step can meet shows it), with the step named in the error."""
+    import torch
+
+    from app.engine.isolate import StepTimeout
+    from app.engine.torch_utils.export import export_module
+    from app.engine.torch_utils.loading import onnx_to_torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.randn(2, 4),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
+    with pytest.raises(StepTimeout, match="ONNX shape inference for the torch conversion"):
+        onnx_to_torch(path, tmp_path, deadline_s=0.001)
+    module = onnx_to_torch(path, tmp_path)
+    with pytest.raises(StepTimeout, match="torch.onnx export"):
+        export_module(module, [torch.randn(2, 4)], tmp_path / "out.onnx", path, deadline_s=0.001)
+    out = export_module(module, [torch.randn(2, 4)], tmp_path / "out.onnx", path)
+    assert out.exists() and not list(tmp_path.glob("*.export-input.pt"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("onnx2torch-")]

@@ -97,7 +97,7 @@ class Distill(Technique):
         td.check_labels(data, data["teacher"].shape[1])
         train_data, val_data = td.split(data, p.val_fraction, p.seed)
         sample = [torch.from_numpy(a[:64]) for a in train_data["inputs"]]
-        teacher = onnx_to_torch(ctx.model_path)
+        teacher = onnx_to_torch(ctx.model_path, ctx.workdir, ctx.native_step_timeout_s)
         student_path = ctx.model_path
         if p.student.model_id is not None:
             student_path = ctx.models[p.student.model_id]
@@ -107,12 +107,12 @@ class Distill(Technique):
                 raise UnsupportedModel(
                     f"the student's inputs {[s['name'] for s in got]} differ from the "
                     f"teacher's {[s['name'] for s in want]}; export it with the same names")
-            student = onnx_to_torch(student_path)
+            student = onnx_to_torch(student_path, ctx.workdir, ctx.native_step_timeout_s)
             pruning = None
         else:
             from app.engine.torch_utils.pruning import structured_prune
 
-            student = onnx_to_torch(ctx.model_path)
+            student = onnx_to_torch(ctx.model_path, ctx.workdir, ctx.native_step_timeout_s)
             ctx.progress(0.03, "pruning the student")
             pruning = structured_prune(student, sample, ratio=p.student.pruned_ratio,
                                        importance=p.importance)
@@ -130,7 +130,8 @@ class Distill(Technique):
                          span=(0.05, 0.75))
         training["student_accuracy_before_training"] = initial
         ctx.progress(0.75, "exporting")
-        output = export_module(student, sample, ctx.workdir / "model.onnx", ctx.model_path)
+        output = export_module(student, sample, ctx.workdir / "model.onnx", ctx.model_path,
+                               ctx.native_step_timeout_s)
         verification = verify_against(ctx.model_path, output)
         evaluation = (td.save_heldout(val_data, ctx.workdir / "heldout.npz")
                       if val_data is not None else ctx.dataset_path)

@@ -91,7 +91,7 @@ class PruneStructured(Technique):
         ctx.progress(0.0, "loading")
         torch.manual_seed(p.seed)
         notes: list[str] = []
-        module = onnx_to_torch(ctx.model_path)
+        module = onnx_to_torch(ctx.model_path, ctx.workdir, ctx.native_step_timeout_s)
         data = train_data = val_data = None
         if ctx.dataset_path is not None:
             data = td.load_arrays(ctx.dataset_path, ctx.model_path, why=self.name,
@@ -124,7 +124,8 @@ class PruneStructured(Technique):
             training = train(ctx, module, train_data, val_data, ft, temperature=ft.temperature,
                              alpha=teacher_alpha, device=device, span=(0.1, 0.6))
         ctx.progress(0.6, "exporting")
-        output = export_module(module, sample, ctx.workdir / "model.onnx", ctx.model_path)
+        output = export_module(module, sample, ctx.workdir / "model.onnx", ctx.model_path,
+                               ctx.native_step_timeout_s)
         verification = verify_against(ctx.model_path, output)
         evaluation = ctx.dataset_path
         if val_data is not None:  # trained on the rest: score on the held-out part only

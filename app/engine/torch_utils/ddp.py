@@ -61,10 +61,10 @@ def _rank_main(workdir: Path, rank: int, world: int, port: int, cuda: bool) -> N
     import torch
     import torch.distributed as dist
 
-    from app.engine.torch_utils.loading import _import_onnx2torch
+    from app.engine.torch_utils.loading import import_onnx2torch
     from app.engine.torch_utils.train import fit
 
-    _import_onnx2torch()  # the pickled onnx2torch module classes need its import shim
+    import_onnx2torch()  # the pickled onnx2torch module classes need its import shim
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # ranks share the cores
     model = pickle.loads((workdir / "model.pkl").read_bytes())
     cfg = TrainConfig(**json.loads((workdir / "config.json").read_text()))

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.engine.registry import UnsupportedModel
+from app.engine.registry import DEFAULT_NATIVE_STEP_TIMEOUT_S, UnsupportedModel
 
 OPSET = 17
 
@@ -30,28 +30,47 @@ def sample_feed(path: Path, batch: int = 2, seed: int = 0) -> dict[str, Any]:
     return generate_feed(inputs, batch, dims={}, default_dim=8, int_high=10, seed=seed)
 
 
-def export_module(module: Any, sample: Sequence[Any], path: Path, parent: Path) -> Path:
+def export_module(module: Any, sample: Sequence[Any], path: Path, parent: Path,
+                  deadline_s: float = DEFAULT_NATIVE_STEP_TIMEOUT_S) -> Path:
     """Export ``module`` with the parent's input/output names; dim 0 stays symbolic wherever it
     is symbolic in the parent. The TorchScript exporter is used because onnx2torch modules
-    carry export hooks for it, and it is fast and deterministic."""
+    carry export hooks for it, and it is fast and deterministic. The export runs in a child
+    killed at ``deadline_s``; the module and sample reach it in a file this process saved (the
+    only pickle it loads is one Lathe wrote, never an upload)."""
     import torch
+
+    from app.engine.isolate import StepFailed, run_bounded
 
     inputs, outputs = io_specs(parent)
     dynamic = {s["name"]: {0: s["shape"][0]} for s in inputs + outputs
                if s["shape"] and isinstance(s["shape"][0], str)}
-    module = module.cpu().eval()
+    saved = path.with_suffix(".export-input.pt")
+    torch.save({"module": module.cpu().eval(), "sample": tuple(t.cpu() for t in sample)}, saved)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, tuple(t.cpu() for t in sample), str(path),
-                              input_names=[s["name"] for s in inputs],
-                              output_names=[s["name"] for s in outputs],
-                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-    except Exception as exc:
-        reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+        run_bounded(_export, str(saved), str(path), [s["name"] for s in inputs],
+                    [s["name"] for s in outputs], dynamic, deadline_s=deadline_s,
+                    step="torch.onnx export", cwd=path.parent)
+    except StepFailed as exc:
+        reason = " ".join(str(exc).split())[:240] or exc.name
         raise UnsupportedModel(f"the optimised torch model could not be exported back to ONNX "
                                f"({reason})") from None
+    finally:
+        saved.unlink(missing_ok=True)
     return path
+
+
+def _export(saved: str, path: str, input_names: list[str], output_names: list[str], dynamic: dict) -> None:
+    import torch
+
+    from app.engine.torch_utils.loading import import_onnx2torch
+
+    import_onnx2torch()  # the module's classes may be onnx2torch's
+    state = torch.load(saved, weights_only=False)  # written by the parent process just now
+    module, sample = state["module"], state["sample"]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, sample, path, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
 
 
 def verify_against(parent: Path, result: Path, batches: Sequence[int] = (2, 3)) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from app.engine.registry import UnsupportedModel
+from app.engine.registry import DEFAULT_NATIVE_STEP_TIMEOUT_S, UnsupportedModel
 
 PT2_MAGIC = b"PK\x03\x04"
 
@@ -32,7 +32,7 @@ def require_onnx(path: Path, technique: str) -> None:
             "model")
 
 
-def _import_onnx2torch() -> Any:
+def import_onnx2torch() -> Any:
     """onnx2torch imports torchvision at module top for two converters (NonMaxSuppression,
     RoiAlign). torchvision cannot be installed beside this torch build, so when it is absent a
     placeholder stands in during the import only; those two ops then fail clearly on use."""
@@ -63,29 +63,65 @@ def _import_onnx2torch() -> Any:
     return onnx2torch
 
 
-def onnx_to_torch(path: Path) -> Any:
-    """A trainable fx.GraphModule equivalent to the ONNX model (weights as parameters)."""
+def _prepare_for_onnx2torch(source: str, target_dir: str) -> list[str]:
+    """The native half of onnx2torch (shape inference, opset conversion), run in a bounded child:
+    writes the shape-inferred model, and a copy converted to opset 17 when it is newer (onnx2torch
+    knows operator versions up to about 17); returns their paths, most faithful first."""
+    import onnx
+    from onnx import shape_inference, version_converter
+
+    model = onnx.load(source, load_external_data=False)
+    out = []
+    first = Path(target_dir) / "inferred.onnx"
+    onnx.save(shape_inference.infer_shapes(model), str(first))
+    out.append(str(first))
+    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) > 17:
+        try:
+            down = version_converter.convert_version(model, 17)
+        except Exception:  # noqa: BLE001 - the first model is still worth trying
+            return out
+        second = Path(target_dir) / "inferred-opset17.onnx"
+        onnx.save(shape_inference.infer_shapes(down), str(second))
+        out.append(str(second))
+    return out
+
+
+def onnx_to_torch(path: Path, workdir: Path, deadline_s: float = DEFAULT_NATIVE_STEP_TIMEOUT_S) -> Any:
+    """A trainable fx.GraphModule equivalent to the ONNX model (weights as parameters).
+
+    onnx2torch's native steps (ONNX shape inference, version conversion) run first in a child
+    killed at ``deadline_s``; the conversion itself is Python (a stopped job interrupts it) and
+    is told not to infer shapes again."""
+    import shutil
+    import tempfile
+
     import onnx
 
-    onnx2torch = _import_onnx2torch()
-    model = onnx.load(str(path), load_external_data=False)
-    try:
-        try:
-            module = onnx2torch.convert(model)
-        except NotImplementedError:
-            # onnx2torch knows operator versions up to about opset 17; current exporters write
-            # 18-20, where e.g. Constant gained a version. Down-converting is exact for them.
-            from onnx import version_converter
+    from app.engine.isolate import run_bounded
 
-            module = onnx2torch.convert(version_converter.convert_version(model, 17))
-    except UnsupportedModel:
-        raise
-    except Exception as exc:  # an operator or attribute onnx2torch has no converter for
-        reason = " ".join(str(exc).split())[:240] or type(exc).__name__
-        raise UnsupportedModel(
-            f"this ONNX model cannot be turned into a trainable torch module ({reason}); "
-            "the torch techniques support the common CNN/MLP operators") from None
-    return module.train(False)
+    onnx2torch = import_onnx2torch()
+    converter = sys.modules["onnx2torch.converter"]
+    scratch = Path(tempfile.mkdtemp(prefix="onnx2torch-", dir=workdir))
+    reason = ""
+    try:
+        prepared = run_bounded(_prepare_for_onnx2torch, str(path), str(scratch), deadline_s=deadline_s,
+                               step="ONNX shape inference for the torch conversion", cwd=scratch)
+        for candidate in prepared:
+            model = onnx.load(candidate, load_external_data=False)
+            infer, converter.safe_shape_inference = converter.safe_shape_inference, lambda m, **_: m
+            try:  # shapes are already inferred, in the bounded child
+                return onnx2torch.convert(model).train(False)
+            except UnsupportedModel:
+                raise
+            except Exception as exc:  # an operator or attribute onnx2torch has no converter for
+                reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+            finally:
+                converter.safe_shape_inference = infer
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    raise UnsupportedModel(
+        f"this ONNX model cannot be turned into a trainable torch module ({reason}); "
+        "the torch techniques support the common CNN/MLP operators")
 
 
 def _tensors(z: Any, payloads: list[Any], params: bool) -> dict[str, Any]:
