@@ -15,7 +15,7 @@ from app.settings import Settings
 with TestClient(create_app(Settings(data_dir=sys.argv[1]))) as c:
     assert c.get('/openapi.json').status_code == 200
     assert c.get('/healthz').status_code == 200
-from app.engine.registry import all_techniques
+from app.engine.catalog import all_techniques
 for t in all_techniques().values():
     schema = t.Params.model_json_schema()
     if not schema.get("required"):

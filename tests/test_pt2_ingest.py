@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.pt2_archive import UnsafeArchive, read_manifest
+from app.engine.runtime.pt2_archive import UnsafeArchive, read_manifest
 
 
 class Payload:
@@ -163,8 +163,8 @@ def test_hostile_pt2_is_refused_at_upload_and_never_runs(api, clean_pt2, tmp_pat
 def test_worker_loader_refuses_hostile_pt2_and_never_runs(clean_pt2, tmp_path, variant):
     """Defence in depth: the worker's loader checks again, as if the upload check were bypassed
     (an archive stored by an older version, or a bug in the API)."""
-    from app.engine.registry import UnsupportedModel
-    from app.engine.torch_utils.loading import load_pt2
+    from app.engine.errors import UnsupportedModel
+    from app.engine.pytorch.loading import load_pt2
 
     marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.pt2"
@@ -194,7 +194,7 @@ def test_guard_code_is_never_run(clean_pt2, tmp_path):
     """Real exports carry ``guards_code`` (Python source checking input shapes, e.g.
     ``L['y'].size()[0] <= L['x'].size()[0]``) that torch compiles into the unlifted module.
     Lathe accepts such archives but drops the guards: its own inputs satisfy the shapes."""
-    from app.engine.torch_utils.loading import example_inputs, load_pt2
+    from app.engine.pytorch.loading import example_inputs, load_pt2
 
     marker = tmp_path / "payload-ran"
 
@@ -214,7 +214,7 @@ def test_tied_weights_stay_tied(tmp_path):
     views share one storage after loading."""
     import torch
 
-    from app.engine.torch_utils.loading import example_inputs, load_pt2
+    from app.engine.pytorch.loading import example_inputs, load_pt2
 
     class Tied(torch.nn.Module):
         def __init__(self) -> None:

@@ -18,7 +18,7 @@ def _own_multiprocessing_identity(**_) -> None:
     """billiard (Celery's pool) installs its own process object as the standard library's
     current process in each pool child: daemonic ("daemonic processes are not allowed to have
     children") and with billiard's authkey, which the standard library refuses to pickle. Jobs
-    run native steps in children of their own (app.engine.isolate, a forkserver), killed at
+    run native steps in children of their own (app.engine.runtime.isolate, a forkserver), killed at
     their deadline, when the job is stopped, and by the guard before it ends the process; give
     the standard library back a main-process identity so that it can start them."""
     mp_process._current_process = _MainProcess()

@@ -3,7 +3,7 @@
 The job checks for cancellation cooperatively (the engine's progress callback), but a job need
 not call it: when the job is cancelled or passes its soft time limit, the guard also raises
 JobStopped in the job's thread (PyThreadState_SetAsyncExc), which Python delivers at the job's
-next bytecode. Native steps run bounded in child processes (app.engine.isolate) and wait for
+next bytecode. Native steps run bounded in child processes (app.engine.runtime.isolate) and wait for
 them in short slices, so that reaches the job within moments. What that can't reach, a job
 stuck inside one long native call in its own process, the guard ends: when the job was
 stopped and has not stopped within the grace period, or grew past the memory cap, or ran past
@@ -157,7 +157,7 @@ def _kill_children() -> None:
 
 def _tree_rss(proc) -> int:
     """RSS of the job's process and its children: native steps run in child processes
-    (app.engine.isolate), and their memory is the job's too."""
+    (app.engine.runtime.isolate), and their memory is the job's too."""
     import psutil
 
     total = proc.memory_info().rss

@@ -20,10 +20,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import blobs
 from app.db import make_engine, make_sessionmaker, transaction
-from app.engine.isolate import run_bounded
-from app.engine.registry import Context, Result, TechniqueError
-from app.engine.session import probe_session
-from app.engine.torch_utils.loading import is_pt2
+from app.engine.runtime.isolate import run_bounded
+from app.engine.base import Context, Result
+from app.engine.errors import TechniqueError
+from app.engine.runtime.sessions import probe_session
+from app.engine.pytorch.loading import is_pt2
 from app.errors import InvalidInput
 from app.jobs import plan, transitions
 from app.jobs.service import referenced_models

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.engine.registry import Params, Technique, all_techniques
+from app.engine.base import Params, Technique
+from app.engine.catalog import all_techniques
 from app.errors import InvalidInput
 
 PIPELINE = "pipeline"

@@ -50,7 +50,7 @@ def _sniff(path: Path) -> str:
 def inspect_pt2(path: Path) -> dict[str, Any]:
     """Check a torch.export archive statically (every member, config and the program JSON; nothing
     unpickled or evaluated); its signature is known once converted to ONNX."""
-    from app.engine.pt2_archive import UnsafeArchive, read_manifest
+    from app.engine.runtime.pt2_archive import UnsafeArchive, read_manifest
 
     with zipfile.ZipFile(path) as z:
         unpacked = sum(i.file_size for i in z.infolist())
@@ -75,8 +75,8 @@ def inspect_model(path: Path, *, max_nodes: int | None = None,
             return {"format": fmt, **inspect_pt2(path)}
         except (zipfile.BadZipFile, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidModel(f"The torch.export archive could not be read ({type(exc).__name__}).") from None
-    from app.engine.inspect import inspect_onnx
-    from app.engine.registry import TechniqueError
+    from app.engine.runtime.model_info import inspect_onnx
+    from app.engine.errors import TechniqueError
 
     try:
         info = inspect_onnx(path, max_nodes=max_nodes, max_depth=max_depth)

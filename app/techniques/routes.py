@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from app.deps import TenantDep
-from app.engine.registry import all_techniques
+from app.engine.catalog import all_techniques
 
 router = APIRouter(prefix="/v1/techniques", tags=["techniques"])
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `pytest tests/engine` from the repo root, no install step
     sys.path.insert(0, str(ROOT))
 
-from app.engine.registry import Context  # noqa: E402
+from app.engine.base import Context# noqa: E402
 
 # Small budgets: the suite must stay fast on 2 cores; numbers only need to be sane.
 FAST = {"warmup": 2, "min_runs": 5, "max_runs": 50, "min_seconds": 0.0, "max_seconds": 2.0}

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from app.engine.registry import DatasetMismatch, TechniqueError, UnsupportedModel, get
-from app.engine.techniques.benchmark import Benchmark, BenchmarkParams
+from app.engine.catalog import get
+from app.engine.errors import DatasetMismatch, TechniqueError, UnsupportedModel
+from app.engine.measure.benchmark import Benchmark, BenchmarkParams
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +127,7 @@ def test_unloadable_model(make_ctx, fast, tmp_path):
 
 
 def test_progress_exception_propagates(models, tmp_path, fast):
-    from app.engine.registry import Context
+    from app.engine.base import Context
 
     class Cancelled(Exception):
         pass
@@ -172,11 +173,11 @@ def test_params_validation():
 def test_api_import_is_light():
     # The API lists techniques and builds schemas; that must not load the inference stack.
     code = (
-        "import sys, json; from app.engine import registry; "
-        "[json.dumps(t.Params.model_json_schema()) for t in registry.all_techniques().values()]; "
+        "import sys, json; from app.engine import catalog; "
+        "[json.dumps(t.Params.model_json_schema()) for t in catalog.all_techniques().values()]; "
         "bad = [m for m in ('onnx', 'onnxruntime', 'numpy', 'torch', 'psutil') "
         "if m in sys.modules]; assert not bad, bad; "
-        "assert set(registry.all_techniques()) >= {'benchmark', 'quantize.dynamic'}"
+        "assert set(catalog.all_techniques()) >= {'benchmark', 'quantize.dynamic'}"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     assert get("benchmark") is Benchmark
@@ -236,7 +237,7 @@ def test_recommendation_within_and_beyond_the_sla(models, make_ctx, fast):
 
 
 def test_recommend_picks_the_highest_throughput_inside_the_sla():
-    from app.engine.techniques.benchmark import recommend
+    from app.engine.measure.benchmark import recommend
 
     points = [{"batch_size": b, "threads": 1, "provider": "CPUExecutionProvider", "p50_ms": p99 / 2,
                "p99_ms": p99, "throughput_items_per_s": tput} for b, p99, tput in ((1, 1.0, 100), (8, 5.0, 800), (32, 20.0, 1600))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.engine.techniques.compare import Compare, CompareParams
+from app.engine.measure.compare import Compare, CompareParams
 
 
 def test_compare_ratios_and_accuracy(models, make_ctx, tmp_path):

@@ -3,17 +3,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.engine.dataset import dataset_feed, dataset_samples, load_dataset
-from app.engine.inspect import inspect_onnx
-from app.engine.onnx_inputs import (
+from app.engine.data.datasets import dataset_feed, dataset_samples, load_dataset
+from app.engine.runtime.model_info import inspect_onnx
+from app.engine.runtime.inputs import (
     batch_conflict,
     generate_feed,
     input_specs,
     resolve_shape,
     resolved_dims,
 )
-from app.engine.registry import DatasetMismatch, UnsupportedModel
-from app.engine.session import create_session, run_session
+from app.engine.errors import DatasetMismatch, UnsupportedModel
+from app.engine.runtime.sessions import create_session, run_session
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.inspect import inspect_onnx
-from app.engine.registry import UnsupportedModel
+from app.engine.runtime.model_info import inspect_onnx
+from app.engine.errors import UnsupportedModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.isolate import StepFailed, StepTimeout, run_bounded
-from app.engine.ort_quant import staged
-from app.engine.registry import UnsupportedModel
+from app.engine.runtime.isolate import StepFailed, StepTimeout, run_bounded
+from app.engine.quantize.ort_tools import staged
+from app.engine.errors import UnsupportedModel
 from tests.hostile_graphs import save_nested_if
 
 

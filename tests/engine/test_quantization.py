@@ -10,13 +10,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from app.engine.registry import Context, TechniqueError, UnsupportedModel
-from app.engine.techniques.evaluate import Evaluate, EvaluateParams
-from app.engine.techniques.quantize_auto import QuantizeAuto, QuantizeAutoParams
-from app.engine.techniques.quantize_dynamic import QuantizeDynamic, QuantizeDynamicParams
-from app.engine.techniques.quantize_fp16 import QuantizeFp16, QuantizeFp16Params
-from app.engine.techniques.quantize_int4 import QuantizeInt4, QuantizeInt4Params
-from app.engine.techniques.quantize_static import QuantizeStatic, QuantizeStaticParams
+from app.engine.base import Context
+from app.engine.errors import TechniqueError, UnsupportedModel
+from app.engine.measure.evaluate import Evaluate, EvaluateParams
+from app.engine.quantize.auto import QuantizeAuto, QuantizeAutoParams
+from app.engine.quantize.dynamic import QuantizeDynamic, QuantizeDynamicParams
+from app.engine.quantize.fp16 import QuantizeFp16, QuantizeFp16Params
+from app.engine.quantize.int4 import QuantizeInt4, QuantizeInt4Params
+from app.engine.quantize.static import QuantizeStatic, QuantizeStaticParams
 from tests.engine.quant_models import digits, outlier_mlp
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from app.engine.inspect import inspect_onnx
-from app.engine.quant_analysis import saturation_note, verdict
-from app.engine.registry import UnsupportedModel
-from app.engine.techniques.quantize_dynamic import QuantizeDynamic, QuantizeDynamicParams
+from app.engine.runtime.model_info import inspect_onnx
+from app.engine.quantize.analysis import saturation_note, verdict
+from app.engine.errors import UnsupportedModel
+from app.engine.quantize.dynamic import QuantizeDynamic, QuantizeDynamicParams
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

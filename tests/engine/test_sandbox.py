@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.isolate import run_bounded
+from app.engine.runtime.isolate import run_bounded
 
 
 def _probe(outside: str, confinement: dict) -> dict:

@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.engine.registry import DatasetMismatch, UnsupportedModel
-from app.engine.techniques.convert_onnx import ConvertOnnx, ConvertOnnxParams
-from app.engine.techniques.distill import Distill, DistillParams
-from app.engine.torch_utils.ddp import train_parallel
-from app.engine.torch_utils.loading import onnx_to_torch
-from app.engine.torch_utils.train import TrainConfig, kd_loss, lr_range_test
+from app.engine.errors import DatasetMismatch, UnsupportedModel
+from app.engine.pytorch.convert import ConvertOnnx, ConvertOnnxParams
+from app.engine.pytorch.distill import Distill, DistillParams
+from app.engine.pytorch.ddp import train_parallel
+from app.engine.pytorch.loading import onnx_to_torch
+from app.engine.pytorch.train import TrainConfig, kd_loss, lr_range_test
 from tests.engine.torch_models import export, image_dataset, residual_cnn
 
 torch.set_num_threads(1)

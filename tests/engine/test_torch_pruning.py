@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.engine.registry import DatasetMismatch, UnsupportedModel
-from app.engine.techniques.prune_structured import PruneStructured, PruneStructuredParams
-from app.engine.techniques.prune_unstructured import PruneUnstructured, PruneUnstructuredParams
+from app.engine.errors import DatasetMismatch, UnsupportedModel
+from app.engine.prune.structured import PruneStructured, PruneStructuredParams
+from app.engine.prune.unstructured import PruneUnstructured, PruneUnstructuredParams
 from tests.engine.torch_models import export, image_dataset, residual_cnn
 
 torch.set_num_threads(1)
@@ -106,9 +106,9 @@ def test_torch_conversion_and_export_run_under_the_native_step_deadline(tmp_path
     the deadline kills (one no step can meet shows it), with the step named in the error."""
     import torch
 
-    from app.engine.isolate import StepTimeout
-    from app.engine.torch_utils.export import export_module
-    from app.engine.torch_utils.loading import onnx_to_torch
+    from app.engine.runtime.isolate import StepTimeout
+    from app.engine.pytorch.export import export_module
+    from app.engine.pytorch.loading import onnx_to_torch
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
     path = tmp_path / "m.onnx"

@@ -1,0 +1,1 @@
+"""Datasets (.npz) and the input feeds built from them."""

@@ -1,0 +1,30 @@
+"""Errors a technique raises for its job to fail with advice, not a traceback.
+
+Every error has a stable ``type`` (snake_case, stored in ``job.error.type``; the API's JobError
+schema lists them): the engine's whole vocabulary is the subclasses below.
+"""
+
+from __future__ import annotations
+
+
+class TechniqueError(Exception):
+    """A failure the user can act on (bad model for this technique, dataset mismatch...).
+
+    ``type`` is a short slug stored in ``job.error.type``; the message is ``job.error.detail``
+    and must read as advice, not as a traceback.
+    """
+
+    def __init__(self, detail: str, type: str = "technique_error") -> None:
+        super().__init__(detail)
+        self.type = type
+        self.detail = detail
+
+
+class UnsupportedModel(TechniqueError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, type="unsupported_model")
+
+
+class DatasetMismatch(TechniqueError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, type="dataset_mismatch")

@@ -1,0 +1,2 @@
+"""Measurement: latency and memory, fidelity, accuracy; the benchmark, compare and evaluate
+techniques."""

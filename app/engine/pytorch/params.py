@@ -1,0 +1,63 @@
+"""Training options shared by ``distill`` and ``prune.structured``'s recovery fine-tuning.
+
+pydantic only (the API builds JSON Schemas from these without loading torch).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from app.engine.base import Params
+
+
+class TrainingParams(Params):
+    """How to train: optimizer, learning rate (or a range test), batches, epochs, stopping."""
+
+    optimizer: Literal["adamw", "sgd"] = Field(
+        default="adamw", description="AdamW, or SGD with Nesterov momentum 0.9.",
+        json_schema_extra={"examples": ["adamw"]})
+    lr: float | Literal["auto"] = Field(
+        default="auto",
+        description="Learning rate, or \"auto\": a learning-rate range test runs first (LR "
+        "raised exponentially from 1e-6 until the loss diverges) and a tenth of the LR at the "
+        "lowest loss is used; the curve is in the report.",
+        json_schema_extra={"examples": ["auto", 0.001]})
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Samples per step (per "
+                            "process when processes > 1).", json_schema_extra={"examples": [64]})
+    epochs: int = Field(default=10, ge=1, le=1000, description="Most epochs to train.",
+                        json_schema_extra={"examples": [10]})
+    patience: int = Field(
+        default=3, ge=1, le=100,
+        description="Early stopping: stop after this many epochs without a lower held-out "
+        "loss; the weights of the best epoch are kept.", json_schema_extra={"examples": [3]})
+    val_fraction: float = Field(
+        default=0.2, ge=0.0, le=0.5,
+        description="Share of the dataset held out for early stopping and the accuracy in the "
+        "report (0: no early stopping, accuracy then measured on training data).",
+        json_schema_extra={"examples": [0.2]})
+    processes: int = Field(
+        default=1, ge=1, le=16,
+        description="Data-parallel training on this many processes (DistributedDataParallel: "
+        "gloo on CPU, NCCL on GPU), each on its shard of the data.",
+        json_schema_extra={"examples": [1, 2]})
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for the split, "
+                      "shuffling and initialisation.", json_schema_extra={"examples": [0]})
+
+    def lr_value(self) -> float | None:
+        return None if self.lr == "auto" else float(self.lr)
+
+
+class KDParams(Params):
+    """The distillation loss: alpha x T² x KL(teacher_T || student_T) + (1 - alpha) x CE."""
+
+    temperature: float = Field(
+        default=4.0, gt=0.0, le=100.0,
+        description="Softmax temperature for the soft targets (higher: softer).",
+        json_schema_extra={"examples": [4.0]})
+    alpha: float = Field(
+        default=0.7, ge=0.0, le=1.0,
+        description="Weight of the teacher (soft) term; 1 - alpha weighs the labels. 0 trains "
+        "on labels only, 1 on the teacher only (no labels needed).",
+        json_schema_extra={"examples": [0.7]})

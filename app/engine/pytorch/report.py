@@ -1,0 +1,77 @@
+"""Parent vs result for the torch techniques: parameters, MACs, size, onnxruntime latency
+measured in this run with the shared ``measure_grid`` (same inputs, back to back), accuracy or
+fidelity, and a verdict that only claims what was measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from app.engine.params import MeasureParams
+from app.engine.base import Context
+
+FASTER = 1.05  # below a 5 % gain, timing noise on a shared machine can produce it
+
+
+def stats(path: Path, module: Any, sample: Any) -> dict[str, Any]:
+    from app.engine.pytorch.macs import count_macs, count_parameters
+
+    return {"parameter_count": count_parameters(module), "macs": count_macs(module, sample),
+            "size_bytes": path.stat().st_size}
+
+
+def compare(ctx: Context, params: MeasureParams, result: Path, evaluation_data: Path | None,
+            span: tuple[float, float]) -> dict[str, Any]:
+    """Latency grid and accuracy/fidelity of ``result`` against the job's model."""
+    from app.engine.measure.accuracy import compare_models
+    from app.engine.data.feeds import FeedSource
+    from app.engine.measure.latency import measure_grid
+    from app.engine.quantize.report import compare_point
+
+    mid = span[0] + (span[1] - span[0]) * 0.3
+    feeds = FeedSource(params, evaluation_data)
+    evaluation = compare_models(result, ctx.model_path, feeds, samples=10_000, batch_size=64,
+                                threads=max(params.threads), device=ctx.device,
+                                progress=ctx.progress, span=(span[0], mid), stage="accuracy",
+                                strict_labels=False)
+    timing = FeedSource(params, ctx.dataset_path)
+    grid = measure_grid({"parent": ctx.model_path, "result": result}, params, timing,
+                        device=ctx.device, progress=ctx.progress, span=(mid, span[1]),
+                        what=timing.what)
+    return {"latency": [compare_point(p) for p in grid["points"]], "provider": grid["provider"],
+            "skipped": grid["skipped"], "accuracy": evaluation["accuracy"],
+            "fidelity": {"source": evaluation["source"], "samples": evaluation["samples"],
+                         "outputs": evaluation["fidelity"]["outputs"]},
+            "inputs": timing.describe(grid["specs"])}
+
+
+def verdict(parent: dict, result: dict, measured: dict, *, speed_claim: bool = True) -> dict:
+    points = measured["latency"]
+    speedups = [p["speedup"] for p in points]
+    faster = bool(speed_claim and speedups and min(speedups) >= FASTER)
+    smaller = result["size_bytes"] < parent["size_bytes"]
+    acc = measured.get("accuracy") or {}
+    parts = [f"{result['parameter_count']:,} parameters (parent {parent['parameter_count']:,}), "
+             f"MACs x{result['macs'] / max(parent['macs'], 1):.2f}, size "
+             f"x{result['size_bytes'] / parent['size_bytes']:.2f}"]
+    if speedups:
+        best = max(points, key=lambda p: p["batch_size"])
+        parts.append(f"p50 at batch {best['batch_size']}: {best['parent_p50_ms']} ms -> "
+                     f"{best['result_p50_ms']} ms (x{best['speedup']:.2f}, measured in this run)")
+    if "model" in acc and "reference" in acc and "top1" in acc["model"]:
+        parts.append(f"top-1 {acc['reference']['top1'] * 100:.2f}% -> "
+                     f"{acc['model']['top1'] * 100:.2f}%")
+    if speed_claim and speedups and not faster:
+        parts.append("NOT faster at every measured point")
+    return {"faster": faster, "smaller": smaller, "summary": "; ".join(parts) + "."}
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    from app.engine.runtime.environment import describe_environment
+
+    env = describe_environment()
+    env["torch"] = torch.__version__
+    return env

@@ -1,0 +1,69 @@
+"""One training run for a technique: pick the device, run the LR range test when asked, train
+in this process or on N data-parallel ranks, and report every epoch through the job's progress
+(which may raise to cancel the job: it is never caught here).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.engine.base import Context
+from app.engine.pytorch.params import TrainingParams
+
+
+def torch_device(ctx: Context, notes: list[str]) -> str:
+    """CUDA on the gpu queue when this torch build and machine have it, else CPU (said so)."""
+    import torch
+
+    if ctx.device == "gpu":
+        if torch.cuda.is_available():
+            return "cuda"
+        notes.append("device 'gpu' was requested but torch has no CUDA here; trained on CPU")
+    return "cpu"
+
+
+def train(ctx: Context, module: Any, train_data: dict, val_data: dict | None,
+          params: TrainingParams, *, temperature: float, alpha: float, device: str,
+          span: tuple[float, float]) -> dict[str, Any]:
+    """Train ``module`` in place; returns the report's ``training`` section."""
+    from app.engine.pytorch.train import TrainConfig, fit, lr_range_test
+
+    cfg = TrainConfig(epochs=params.epochs, lr=params.lr_value() or 1e-3,
+                      optimizer=params.optimizer, batch_size=params.batch_size,
+                      temperature=temperature, alpha=alpha, patience=params.patience,
+                      seed=params.seed)
+    out: dict[str, Any] = {"optimizer": params.optimizer, "batch_size": params.batch_size,
+                           "epochs_max": params.epochs, "processes": params.processes,
+                           "device": device, "train_samples": len(train_data["inputs"][0]),
+                           "val_samples": len(val_data["inputs"][0]) if val_data else 0,
+                           "lr_range_test": None}
+    module.to(device)
+    if params.lr == "auto":
+        ctx.progress(span[0], "lr range test")
+        lr, curve = lr_range_test(module, train_data, cfg, device=device)
+        cfg = TrainConfig(**{**cfg.__dict__, "lr": lr})
+        out["lr_range_test"] = {"chosen_lr": lr, "rule": "lr at the lowest smoothed loss / 10",
+                                "curve": curve}
+    out["lr"] = cfg.lr
+    width = span[1] - span[0]
+    stage = {"fraction": span[0], "text": f"epoch 1/{cfg.epochs}"}
+
+    def on_epoch(epoch: int, record: dict[str, Any]) -> None:
+        loss = record.get("val_loss", record["train_loss"])
+        stage.update(fraction=span[0] + width * epoch / cfg.epochs,
+                     text=f"epoch {epoch}/{cfg.epochs} loss {loss:.4f}")
+        ctx.progress(stage["fraction"], stage["text"])
+
+    if params.processes > 1:
+        from app.engine.pytorch.ddp import train_parallel
+
+        history, _states = train_parallel(module, train_data, val_data, cfg,
+                                          processes=params.processes, cuda=device == "cuda",
+                                          workdir=ctx.workdir / "ddp", on_epoch=on_epoch)
+        out["ranks_identical"] = True  # train_parallel raises otherwise
+    else:
+        history = fit(module, train_data, val_data, cfg, device=device, on_epoch=on_epoch,
+                      tick=lambda: ctx.progress(stage["fraction"], stage["text"]))
+    module.cpu().eval()
+    out.update(history)
+    return out

@@ -1,0 +1,139 @@
+"""The one builder of every quantization report: parent vs result measured in the same run
+(size, p50 per batch size, accuracy/fidelity), the tolerance check and the verdict.
+
+Stdlib/pydantic-level imports only at module top; the heavy ones happen inside functions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from app.engine.measure.accuracy import compare_models
+from app.engine.data.feeds import FeedSource
+from app.engine.measure.fidelity import worst_cosine, worst_mean_cosine
+from app.engine.measure.latency import measure_grid
+from app.engine.quantize.params import QuantParams
+from app.engine.base import Context
+
+SCHEMA_VERSION = 1
+
+
+def evaluate_result(ctx: Context, params: QuantParams, output: Path, feeds: FeedSource,
+                    span: tuple[float, float] = (0.15, 0.3)) -> dict[str, Any]:
+    """Accuracy (with labels) and fidelity of ``output`` against the parent."""
+    return compare_models(output, ctx.model_path, feeds, samples=params.fidelity_samples,
+                          batch_size=params.fidelity_batch_size, threads=max(params.threads),
+                          device=ctx.device, progress=ctx.progress, span=span, task=params.task,
+                          stage="fidelity", strict_labels=False)
+
+
+def tolerance_check(params: QuantParams, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Whether the result meets the tolerance; ``text`` says which figure decided."""
+    accuracy = evaluation["accuracy"]
+    if accuracy is not None and "error" in accuracy:
+        accuracy = None
+    tol = params.tolerance(accuracy is not None)
+    outputs = evaluation["fidelity"]["outputs"]
+    cosine = worst_mean_cosine(outputs)
+    if cosine is None:  # integer outputs only (class ids...): exact agreement stands in
+        exact = [o["exact_match"] for o in outputs.values() if "exact_match" in o]
+        cosine = min(exact) if exact else None
+    drop = accuracy.get("drop") if accuracy else None
+    failed, passed = [], []
+    if tol["min_cosine"] is not None:
+        (passed if cosine is not None and cosine >= tol["min_cosine"] else failed).append(
+            f"mean cosine {cosine if cosine is None else round(cosine, 4)} vs min_cosine "
+            f"{tol['min_cosine']}")
+    if tol["max_accuracy_drop"] is not None:
+        (passed if drop is not None and drop <= tol["max_accuracy_drop"] else failed).append(
+            f"accuracy drop {drop} vs max_accuracy_drop {tol['max_accuracy_drop']}")
+    text = (f"OUTSIDE tolerance: {'; '.join(failed)}." if failed
+            else f"Within tolerance: {'; '.join(passed)}.")
+    return {**tol, "mean_cosine": cosine, "accuracy_drop": drop, "within": not failed,
+            "text": text}
+
+
+def compare_point(point: dict) -> dict:
+    parent, result = point["parent"], point["result"]
+    return {
+        "batch_size": point["batch_size"],
+        "threads": point["threads"],
+        "parent_p50_ms": parent["p50_ms"],
+        "result_p50_ms": result["p50_ms"],
+        "speedup": round(parent["p50_ms"] / result["p50_ms"], 4),
+        "parent_p90_ms": parent["p90_ms"],
+        "result_p90_ms": result["p90_ms"],
+        "parent_runs": parent["runs"],
+        "result_runs": result["runs"],
+        "input_shapes": point["input_shapes"],
+    }
+
+
+def build_report(ctx: Context, params: QuantParams, *, technique: str, output: Path,
+                 quantization: dict[str, Any], looked_for: list[str], notes: list[str],
+                 mode: str = "int8", feeds: FeedSource | None = None,
+                 evaluation: dict[str, Any] | None = None, grid: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure (unless ``evaluation``/``grid`` were measured already, e.g. by quantize.auto
+    with labels "parent"/"result") and assemble the report."""
+    from app.engine.runtime.environment import describe_environment
+    from app.engine.runtime.model_info import inspect_onnx
+    from app.engine.quantize.analysis import (node_summary, op_counts, qdq_compute,
+                                           runtime_op_counts, saturation_note, verdict)
+    from app.engine.runtime.sessions import providers_for
+
+    feeds = feeds or FeedSource(params, ctx.dataset_path)
+    if evaluation is None:
+        evaluation = evaluate_result(ctx, params, output, feeds)
+    if grid is None:
+        grid = measure_grid({"parent": ctx.model_path, "result": output}, params, feeds,
+                            device=ctx.device, progress=ctx.progress, span=(0.3, 0.97),
+                            what=feeds.what)
+    ctx.progress(0.98, "report")
+    scratch = Path(tempfile.mkdtemp(prefix="report-", dir=ctx.workdir))
+    try:
+        runtime = runtime_op_counts(output, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    nodes = node_summary(op_counts(ctx.model_path), op_counts(output), looked_for,
+                         qdq_compute(output))
+    environment = describe_environment()
+    fidelity = {k: evaluation[k] for k in ("source", "samples")}
+    fidelity["outputs"] = evaluation["fidelity"]["outputs"]
+    worst = worst_cosine(fidelity["outputs"])
+    notes = [n for n in [providers_for(ctx.device)[1], *notes] if n]
+    if mode == "int8" and "reduce_range" in quantization:
+        notes.append(saturation_note(bool(quantization.get("per_channel")),
+                                     bool(quantization["reduce_range"]), environment, worst))
+    tolerance = tolerance_check(params, evaluation)
+    comparison = [compare_point(p) for p in grid["points"]]
+    sizes = (ctx.model_path.stat().st_size, output.stat().st_size)
+    size_ratio = round(sizes[1] / sizes[0], 4)
+    info = (inspect_onnx(ctx.model_path), inspect_onnx(output))
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "technique": technique,
+        "parent": {"size_bytes": sizes[0], "parameter_count": info[0]["parameter_count"]},
+        "result": {"size_bytes": sizes[1], "parameter_count": info[1]["parameter_count"]},
+        "size_ratio": size_ratio,
+        "quantization": quantization,
+        "nodes": nodes,
+        "runtime_ops": dict(sorted(runtime.items())) if runtime is not None else None,
+        "device": ctx.device,
+        "provider": grid["provider"],
+        "comparison": comparison,
+        "skipped": grid["skipped"],
+        "fidelity": fidelity,
+        "accuracy": evaluation["accuracy"],
+        "tolerance": {k: v for k, v in tolerance.items() if k != "text"},
+        "verdict": verdict(comparison, size_ratio, nodes, grid["provider"], worst,
+                           tolerance=tolerance, runtime=runtime, mode=mode),
+        "inputs": feeds.describe(grid["specs"]),
+        "environment": environment,
+        "notes": [n for n in notes if n],
+        **(extra or {}),
+    }
+    return report
