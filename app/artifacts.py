@@ -23,7 +23,6 @@ from app.records import JobRecord
 from app.store import LocalStore, Staged, TooLarge
 
 T = TypeVar("T")
-NAME_MAX = 255  # the name columns' size
 
 
 @contextmanager
@@ -46,19 +45,6 @@ def upload_fingerprint(upload: UploadFile, name: str | None, sha256: str | None 
         upload.file.seek(0)
         sha256 = hashlib.file_digest(upload.file, "sha256").hexdigest()
     return idempotency.fingerprint(file_sha256=sha256, name=name, filename=upload.filename)
-
-
-def clean_name(name: str | None, fallback: str | None) -> str:
-    """A display name only (files are stored by hash, downloads sanitise their file name).
-
-    The user's ``name`` is kept as sent, "team/resnet" included, less control characters; the
-    upload's file name, the fallback, is a path on the client's disk: only its last part is kept.
-    """
-    raw = name or ("" if fallback is None else fallback.replace("\\", "/").rsplit("/", 1)[-1])
-    cleaned = "".join(ch for ch in raw if ch.isprintable()).strip()
-    if len(cleaned) > NAME_MAX:  # a long file name, or a job's output named from a long name
-        cleaned = f"{cleaned[:NAME_MAX - 65]}…{cleaned[-64:]}"  # the end says what it is: keep it
-    return cleaned or "unnamed"
 
 
 def delete_stored(session: Session, store: LocalStore, record: Any, jobs_column: Any, what: str) -> None:

@@ -13,6 +13,22 @@ from app.db import Base, UTCDateTime, new_id, utcnow
 Id = String(32)
 
 
+
+NAME_MAX = 255  # the name columns' size
+
+
+def clean_name(name: str | None, fallback: str | None) -> str:
+    """A display name only (files are stored by hash, downloads sanitise their file name).
+
+    The user's ``name`` is kept as sent, "team/resnet" included, less control characters; the
+    upload's file name, the fallback, is a path on the client's disk: only its last part is kept.
+    """
+    raw = name or ("" if fallback is None else fallback.replace("\\", "/").rsplit("/", 1)[-1])
+    cleaned = "".join(ch for ch in raw if ch.isprintable()).strip()
+    if len(cleaned) > NAME_MAX:  # a long file name, or a job's output named from a long name
+        cleaned = f"{cleaned[:NAME_MAX - 65]}…{cleaned[-64:]}"  # the end says what it is: keep it
+    return cleaned or "unnamed"
+
 class TenantRecord(Base):
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)

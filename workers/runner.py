@@ -1,4 +1,4 @@
-"""Run one job: load the row, fetch inputs from the store, call the engine, store outputs.
+"""Run one job: load the row, fetch inputs from the store, run the engine's pipeline, store outputs.
 
 Status changes go through app.jobs.transitions only. The engine never sees the database: it
 gets local paths and a progress callback, which is also how cancellation reaches it. A guard
@@ -20,15 +20,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import blobs
 from app.db import make_engine, make_sessionmaker, transaction
-from app.engine.runtime.isolate import run_bounded
+from app.engine import pipeline
 from app.engine.base import Context, Result
-from app.engine.errors import TechniqueError
-from app.engine.runtime.sessions import probe_session
-from app.engine.pytorch.loading import is_pt2
-from app.errors import InvalidInput
-from app.jobs import plan, transitions
-from app.jobs.service import referenced_models
-from app.models.service import register_output
+from app.engine.errors import InvalidParams, TechniqueError
+from app.jobs import transitions
+from app.outputs import register_output
 from app.records import DatasetRecord, JobRecord, ModelRecord
 from app.settings import Settings
 from app.store import open_store
@@ -65,7 +61,7 @@ def _db(sessions, fn: Callable, *args) -> T:
 
 @dataclass
 class Loaded:
-    steps: list[plan.Step]
+    steps: list[pipeline.Step]
     ctx: Context  # the first step's context; later steps get copies with their own input
     model_name: str
 
@@ -98,17 +94,16 @@ def _load(s, job_id: str) -> Loaded:
     if model is None:
         raise TechniqueError("The job's model was deleted before the job ran.", type="model_deleted")
     try:
-        steps = plan.from_row(job.technique, job.params)
-    except InvalidInput as exc:
+        steps = pipeline.from_row(job.technique, job.params)
+    except InvalidParams as exc:
         raise TechniqueError(f"The job's stored params are not valid in this version of Lathe ({exc.detail}); queue "
                              "a new job.", type="invalid_stored_params") from None
     others = {}
-    for step in steps:
-        for other_id in referenced_models(step.technique, step.params):
-            other = s.get(ModelRecord, other_id)
-            if other is None or other.tenant_id != job.tenant_id:
-                raise TechniqueError(f"Model {other_id!r} named in the params was deleted.", type="model_deleted")
-            others[other_id] = _artifact(store, other, "model")
+    for other_id in pipeline.referenced_models(steps):
+        other = s.get(ModelRecord, other_id)
+        if other is None or other.tenant_id != job.tenant_id:
+            raise TechniqueError(f"Model {other_id!r} named in the params was deleted.", type="model_deleted")
+        others[other_id] = _artifact(store, other, "model")
     dataset = s.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
     parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
     ctx = Context(model_path=_artifact(store, model, "model"), params=steps[0].params, workdir=Path(),
@@ -127,47 +122,17 @@ def _finish(s, job_id: str, loaded: Loaded, results: list[Result]) -> None:
     store = _resources()[2]
     current = s.get(ModelRecord, job.model_id)
     stem = loaded.model_name.removesuffix(".onnx").removesuffix(".pt2")
-    step_reports, output_id = [], None
+    output_ids: list[str | None] = []
     for step, result in zip(loaded.steps, results):
-        produced = None
-        if result.output_path is not None:
-            stem = f"{stem}.{step.name}"
-            current = register_output(s, store, current, job_id, result.output_path, f"{stem}.onnx")
-            produced = output_id = current.id
-        step_reports.append({"technique": step.name, "params": step.params.model_dump(mode="json"),
-                             "output_model_id": produced, "report": result.report})
-    if len(loaded.steps) == 1:
-        report = results[0].report
-    else:
-        report = {"schema_version": 1, "technique": plan.PIPELINE, "model_id": loaded.ctx.model_id,
-                  "output_model_id": output_id, "steps": step_reports}
+        if result.output_path is None:
+            output_ids.append(None)
+            continue
+        stem = f"{stem}.{step.name}"
+        current = register_output(s, store, current, job_id, result.output_path, f"{stem}.onnx")
+        output_ids.append(current.id)
+    report = pipeline.report(loaded.steps, results, loaded.ctx.model_id, output_ids)
+    output_id = next((o for o in reversed(output_ids) if o is not None), None)
     transitions.succeed(s, job_id, report, output_id)
-
-
-def _run_steps(loaded: Loaded, workdir: Path, progress) -> list[Result]:
-    """Each step's output feeds the next; progress is split evenly between steps."""
-    results: list[Result] = []
-    model_path, parent_path = loaded.ctx.model_path, loaded.ctx.parent_path
-    if not is_pt2(model_path):  # the job's own model: later steps read models Lathe wrote
-        progress(0.0, "loading")
-        run_bounded(probe_session, str(model_path), deadline_s=loaded.ctx.native_step_timeout_s,
-                    step="onnxruntime session creation", cwd=workdir)
-    n = len(loaded.steps)
-    for i, step in enumerate(loaded.steps):
-        step_dir = workdir / f"step-{i}" if n > 1 else workdir
-        step_dir.mkdir(exist_ok=True)
-        label = f"step {i + 1}/{n} {step.name}: " if n > 1 else ""
-
-        def step_progress(fraction: float, stage: str, i=i, label=label) -> None:
-            progress((i + max(0.0, min(1.0, fraction))) / n, f"{label}{stage}")
-
-        ctx = replace(loaded.ctx, model_path=model_path, parent_path=parent_path, params=step.params,
-                      workdir=step_dir, progress=step_progress)
-        result = step.technique().run(ctx)
-        results.append(result)
-        if result.output_path is not None:
-            parent_path, model_path = model_path, result.output_path
-    return results
 
 
 def run_job(slot: str) -> None:
@@ -216,7 +181,7 @@ def run_job(slot: str) -> None:
 
     try:
         with guard:
-            results = _run_steps(loaded, workdir, progress)
+            results = pipeline.run(loaded.steps, loaded.ctx, workdir, progress)
         _db(sessions, _finish, job_id, loaded, results)
     except JobStopped as stop:
         if stop.reason == "timeout":

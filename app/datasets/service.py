@@ -9,7 +9,8 @@ from app.tenants.service import Tenant
 from app.repository import get_owned
 from app.settings import Settings
 from app.store import LocalStore
-from app.artifacts import clean_name, delete_stored, ingest
+from app.artifacts import delete_stored, ingest
+from app.records import clean_name
 
 
 def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tenant,

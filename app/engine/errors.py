@@ -28,3 +28,12 @@ class UnsupportedModel(TechniqueError):
 class DatasetMismatch(TechniqueError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail, type="dataset_mismatch")
+
+
+class InvalidParams(TechniqueError):
+    """Params (or a stored job's params) that don't validate. ``errors`` lists each problem as
+    pydantic does (``loc``, ``msg``, ``type``); the API answers them as a 422."""
+
+    def __init__(self, detail: str, extra: dict | None = None) -> None:
+        super().__init__(detail, type="invalid_params")
+        self.errors = (extra or {}).get("errors", [])

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 
 from app.db import after_commit, utcnow
 from app.errors import Conflict, InvalidInput, TooManyRequests
-from app.jobs import plan, transitions
+from app.engine import pipeline
+from app.engine.errors import InvalidParams
+from app.jobs import transitions
 from app.jobs.schemas import TERMINAL, JobCreate
 from app.queue import enqueue_job
 from app.records import DatasetRecord, JobRecord, ModelRecord
@@ -18,15 +20,6 @@ from app.repository import get_owned, owned
 from app.settings import Settings
 
 log = logging.getLogger("lathe.jobs")
-
-
-def referenced_models(technique, params) -> list[str]:
-    """Model ids a technique's params name (e.g. evaluate's reference_model_id)."""
-    ids: list[str] = []
-    for name in technique.model_params:
-        value = getattr(params, name)
-        ids.extend(value if isinstance(value, list) else [value] if value else [])
-    return ids
 
 
 def _check_dataset_fits(model: ModelRecord, dataset: DatasetRecord) -> None:
@@ -38,22 +31,24 @@ def _check_dataset_fits(model: ModelRecord, dataset: DatasetRecord) -> None:
 
 
 def create(session: Session, celery: Celery, settings: Settings, tenant: Tenant, body: JobCreate) -> JobRecord:
-    steps = plan.from_request(body.technique, body.params,
-                              [s.model_dump() for s in body.steps] if body.steps is not None else None)
+    try:
+        steps = pipeline.from_request(body.technique, body.params,
+                                      [s.model_dump() for s in body.steps] if body.steps is not None else None)
+    except InvalidParams as exc:
+        raise InvalidInput(exc.detail, extra={"errors": exc.errors} if exc.errors else None) from None
     for step in steps:
         if body.device not in step.technique.devices:
             raise InvalidInput(f"device: {step.name} runs on {list(step.technique.devices)}, not {body.device!r}.")
     model = get_owned(session, ModelRecord, tenant.id, body.model_id, "model")
-    for step in steps:
-        for model_id in referenced_models(step.technique, step.params):
-            get_owned(session, ModelRecord, tenant.id, model_id, "model")
+    for model_id in pipeline.referenced_models(steps):
+        get_owned(session, ModelRecord, tenant.id, model_id, "model")
     dataset = None
     if body.dataset_id:
         dataset = get_owned(session, DatasetRecord, tenant.id, body.dataset_id, "dataset")
         _check_dataset_fits(model, dataset)
     elif needing := [s.name for s in steps if s.technique.needs_dataset]:
         raise InvalidInput(f"dataset_id: {', '.join(needing)} needs a dataset.")
-    technique_name, stored_params = plan.stored(steps)
+    technique_name, stored_params = pipeline.stored(steps)
     lock_tenant(session, tenant.id)  # count and insert as one step: parallel requests can't both see room
     active = session.scalar(select(func.count()).select_from(JobRecord).where(
         JobRecord.tenant_id == tenant.id, JobRecord.status.in_(("queued", "running"))))

@@ -1,0 +1,139 @@
+"""What a job runs: one technique, or a pipeline of steps whose outputs feed each other.
+
+Used by the API (validate before queueing, with the exact field in the error) and by the worker
+(rebuild the typed steps from the stored row, run them, report). A pipeline is stored as
+technique "pipeline" with params ``{"steps": [{"technique", "params"}, ...]}``, every step's
+params normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.engine.base import Context, Params, Result, Technique
+from app.engine.catalog import all_techniques
+from app.engine.errors import InvalidParams
+from app.engine.pytorch.loading import is_pt2
+from app.engine.runtime.isolate import run_bounded
+from app.engine.runtime.sessions import probe_session
+
+PIPELINE = "pipeline"
+MAX_STEPS = 8
+
+
+@dataclass
+class Step:
+    technique: type[Technique]
+    params: Params
+
+    @property
+    def name(self) -> str:
+        return self.technique.name
+
+    def stored(self) -> dict[str, Any]:
+        return {"technique": self.name, "params": self.params.model_dump(mode="json")}
+
+
+def _step(name: str, params: dict[str, Any], loc: list[Any]) -> Step:
+    technique = all_techniques().get(name)
+    if technique is None:
+        raise InvalidParams(f"{'.'.join(map(str, loc[1:] + ['technique']))}: unknown technique {name!r}; "
+                           f"known: {sorted(all_techniques())}.",
+                           extra={"errors": [{"loc": loc + ["technique"], "msg": "unknown technique"}]})
+    try:
+        return Step(technique, technique.Params.model_validate(params))
+    except ValidationError as exc:
+        errors = [{"loc": loc + ["params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        first = errors[0]
+        raise InvalidParams(f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}", extra={"errors": errors}) from None
+
+
+def from_request(technique: str | None, params: dict[str, Any], steps: list[dict[str, Any]] | None) -> list[Step]:
+    if (technique is None) == (steps is None):
+        raise InvalidParams("Give either `technique` (with `params`) or `steps`, not both.",
+                           extra={"errors": [{"loc": ["body", "technique"], "msg": "technique xor steps"}]})
+    if steps is None:
+        return [_step(technique, params, ["body"])]
+    if not 1 <= len(steps) <= MAX_STEPS:
+        raise InvalidParams(f"steps: a pipeline has 1 to {MAX_STEPS} steps.")
+    plan = [_step(s["technique"], s.get("params", {}), ["body", "steps", i]) for i, s in enumerate(steps)]
+    for i, step in enumerate(plan[:-1]):
+        if not step.technique.produces_model:
+            raise InvalidParams(f"steps.{i}: {step.name} produces no model, so nothing can feed step {i + 1}; "
+                               "put it last (or run it as its own job).")
+    return plan
+
+
+def stored(plan: list[Step]) -> tuple[str, dict[str, Any]]:
+    if len(plan) == 1:
+        return plan[0].name, plan[0].params.model_dump(mode="json")
+    return PIPELINE, {"steps": [s.stored() for s in plan]}
+
+
+def from_row(technique: str, params: Any) -> list[Step]:
+    """Raises InvalidParams, like from_request, when a stored row no longer validates: a row
+    written before an upgrade may name a technique or a field this version no longer has."""
+    if technique != PIPELINE:
+        return [_step(technique, params, [])]
+    steps = params.get("steps") if isinstance(params, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("technique"), str) for s in steps):
+        raise InvalidParams("steps: not a list of {technique, params}.")
+    return [_step(s["technique"], s.get("params", {}), ["steps", i]) for i, s in enumerate(steps)]
+
+
+def referenced_models(plan: list[Step]) -> list[str]:
+    """Model ids the steps' params name (e.g. evaluate's reference_model_id): the API checks the
+    tenant owns each before queueing, the worker hands their files over in ``ctx.models``."""
+    ids: list[str] = []
+    for step in plan:
+        for name in step.technique.model_params:
+            value = getattr(step.params, name)
+            ids.extend(value if isinstance(value, list) else [value] if value else [])
+    return ids
+
+
+def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float, str], None]) -> list[Result]:
+    """Run the steps, each one's output feeding the next; progress is split evenly between them.
+
+    The job's own model is first opened in a bounded child (graph optimisation is native code a
+    hostile graph can keep busy); later steps read models this pipeline wrote."""
+    results: list[Result] = []
+    model_path, parent_path = ctx.model_path, ctx.parent_path
+    if not is_pt2(model_path):
+        progress(0.0, "loading")
+        run_bounded(probe_session, str(model_path), deadline_s=ctx.native_step_timeout_s,
+                    step="onnxruntime session creation", cwd=workdir)
+    n = len(plan)
+    for i, step in enumerate(plan):
+        step_dir = workdir / f"step-{i}" if n > 1 else workdir
+        step_dir.mkdir(exist_ok=True)
+        label = f"step {i + 1}/{n} {step.name}: " if n > 1 else ""
+
+        def step_progress(fraction: float, stage: str, i=i, label=label) -> None:
+            progress((i + max(0.0, min(1.0, fraction))) / n, f"{label}{stage}")
+
+        step_ctx = replace(ctx, model_path=model_path, parent_path=parent_path, params=step.params,
+                           workdir=step_dir, progress=step_progress)
+        result = step.technique().run(step_ctx)
+        results.append(result)
+        if result.output_path is not None:
+            parent_path, model_path = model_path, result.output_path
+    return results
+
+
+def report(plan: list[Step], results: list[Result], model_id: str | None,
+           output_ids: list[str | None]) -> dict[str, Any]:
+    """The job's report: a single step's own, or the pipeline's with every step's inside.
+    ``output_ids``: the model each step produced (None for a step that produces none)."""
+    if len(plan) == 1:
+        return results[0].report
+    steps = [{"technique": step.name, "params": step.params.model_dump(mode="json"), "output_model_id": produced,
+              "report": result.report} for step, result, produced in zip(plan, results, output_ids)]
+    final = next((o for o in reversed(output_ids) if o is not None), None)
+    return {"schema_version": 1, "technique": PIPELINE, "model_id": model_id, "output_model_id": final,
+            "steps": steps}
