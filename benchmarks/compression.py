@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.deploy import deployment, wait_job  # noqa: E402
+from tests.support.deploy import deployment, wait_job  # noqa: E402
 from benchmarks.quantization import train_cnn  # noqa: E402 (the same residual CNN recipe)
 
 MEASURE = {"batch_sizes": [32], "threads": [1], "min_runs": 30, "min_seconds": 1.0, "max_seconds": 20.0}

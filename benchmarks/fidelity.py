@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.deploy import deployment, wait_job  # noqa: E402
+from tests.support.deploy import deployment, wait_job  # noqa: E402
 
 
 def build_models(folder: Path) -> dict[str, tuple[Path, str, tuple[int, ...]]]:

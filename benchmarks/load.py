@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.deploy import deployment  # noqa: E402
+from tests.support.deploy import deployment  # noqa: E402
 from benchmarks.service import tiny_onnx  # noqa: E402
 
 FINAL = ("succeeded", "failed", "cancelled")

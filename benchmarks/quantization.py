@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.deploy import deployment, wait_job  # noqa: E402
+from tests.support.deploy import deployment, wait_job  # noqa: E402
 
 MEASURE = {"batch_sizes": [1, 32], "threads": [1], "min_runs": 20, "min_seconds": 1.0,
            "max_seconds": 20.0, "fidelity_samples": 256}

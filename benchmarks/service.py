@@ -1,6 +1,6 @@
 """Service overhead, on each broker: submit → worker-start latency and GET /v1/jobs/{id} throughput.
 
-Starts a real deployment per backend (benchmarks/deploy.py: embedded = SQLite + filesystem
+Starts a real deployment per backend (tests/support/deploy.py: embedded = SQLite + filesystem
 broker; production = PostgreSQL + Redis), a real `lathe api` (uvicorn) and one `lathe worker`, then:
   * submits N jobs one at a time (a tiny `benchmark` job, so the worker is idle when the next
     one arrives) and reads created_at → started_at from each job: the queueing overhead;
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.deploy import deployment, wait_job  # noqa: E402
+from tests.support.deploy import deployment, wait_job  # noqa: E402
 
 
 def tiny_onnx(path: Path) -> None:

@@ -23,13 +23,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.cli import run_migrations
-from benchmarks.deploy import REDIS_URL, scratch_pg_database
+from tests.support.deploy import REDIS_URL, scratch_pg_database
 from app.db import make_engine, make_sessionmaker, transaction
 from app.main import create_app
 from app.settings import Settings
 from app.tenants.service import create_key
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 @dataclass

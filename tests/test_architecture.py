@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 PACKAGES = ("app", "workers")
 
 
@@ -106,3 +106,15 @@ def test_layers_hold():
     result = subprocess.run([str(lint), str(ROOT / ".importlinter")], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_tests_do_not_import_benchmarks():
+    """Benchmarks are scripts that change for measurement's sake; tests must not depend on them
+    (what both need, real deployments and processes, lives in tests/support)."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
+    assert not offenders, offenders

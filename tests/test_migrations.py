@@ -7,7 +7,7 @@ from sqlalchemy import inspect
 from app.cli import run_migrations
 from app.db import make_engine
 from app.settings import Settings
-from benchmarks.deploy import scratch_pg_database
+from tests.support.deploy import scratch_pg_database
 
 TABLES = {"tenants", "api_keys", "model_records", "dataset_records", "job_records", "idempotency_keys", "blobs"}
 

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.procs import ROOT, free_port
+from tests.support.procs import ROOT, free_port
 
 
 class Serve:

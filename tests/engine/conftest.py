@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 if str(ROOT) not in sys.path:  # `pytest tests/engine` from the repo root, no install step
     sys.path.insert(0, str(ROOT))
 

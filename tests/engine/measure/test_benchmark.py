@@ -15,7 +15,7 @@ from app.engine.errors import DatasetMismatch, TechniqueError, UnsupportedModel
 from app.engine.measure.benchmark import Benchmark, BenchmarkParams
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 def test_report_structure_and_numbers(models, make_ctx, fast):

@@ -21,9 +21,9 @@ from app.main import create_app
 from app.queue import make_celery
 from app.records import JobRecord
 from app.settings import Settings
-from benchmarks.deploy import scratch_pg_database
+from tests.support.deploy import scratch_pg_database
 from tests.conftest import Deployment
-from tests.procs import PrivateRedis, TcpProxy, Worker
+from tests.support.procs import PrivateRedis, TcpProxy, Worker
 
 FAST = {"LATHE_HEARTBEAT_INTERVAL_S": "0.5", "LATHE_HEARTBEAT_TIMEOUT_S": "4", "LATHE_REAPER_INTERVAL_S": "1",
         "LATHE_REDISPATCH_AFTER_S": "2", "LATHE_CANCEL_GRACE_S": "3", "LATHE_MAX_ACTIVE_JOBS_PER_TENANT": "4",

@@ -17,8 +17,9 @@ import pytest
 from app.reports.render import render_report_html
 from app.reports.svg import Point, pareto_front
 from app.reports.svg_scale import log_ticks, tick_labels
+from tests.support import ROOT
 
-DATA = Path(__file__).parent / "data" / "reports"
+DATA = ROOT / "tests" / "data" / "reports"
 SAMPLES = sorted(p.stem for p in DATA.glob("*.json"))
 EXPECTED_CHARTS = {
     "benchmark": {"latency", "throughput"},
@@ -245,5 +246,5 @@ def test_renderer_is_a_pure_module():
     code = ("import sys, app.reports.render; heavy = {'fastapi', 'sqlalchemy', 'celery', 'onnx', 'onnxruntime', 'torch', "
             "'numpy', 'jinja2'}; print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper, TensorProto
 from app.db import make_engine, make_sessionmaker, transaction
 from app.settings import Settings
 from app.tenants.service import create_key
-from benchmarks.deploy import deployment
+from tests.support.deploy import deployment
 
 PROBLEM = "application/problem+json"
 QUICK_JOB = {"batch_sizes": [1], "min_runs": 1, "min_seconds": 0}

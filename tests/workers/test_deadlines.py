@@ -21,7 +21,7 @@ from app.cli import run_migrations
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import Deployment, _start_worker, _stop
-from tests.hostile_graphs import save_nested_if
+from tests.support.hostile_graphs import save_nested_if
 
 
 @contextlib.contextmanager

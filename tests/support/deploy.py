@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 PG_ADMIN_URL = os.environ.get("LATHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LATHE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 

@@ -14,7 +14,7 @@ import pytest
 from app.engine.runtime.isolate import StepFailed, StepTimeout, run_bounded
 from app.engine.quantize.ort_tools import staged
 from app.engine.errors import UnsupportedModel
-from tests.hostile_graphs import save_nested_if
+from tests.support.hostile_graphs import save_nested_if
 
 
 def _add(a: int, b: int, *, times: int = 1) -> dict:

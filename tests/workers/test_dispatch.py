@@ -21,7 +21,7 @@ from app.queue import make_celery
 from app.records import JobRecord, ModelRecord
 from app.store import open_store
 from tests.conftest import deploy
-from tests.procs import Worker
+from tests.support.procs import Worker
 
 QUICK = {"batch_sizes": [1], "warmup": 1, "min_runs": 3, "min_seconds": 0.01, "max_seconds": 0.5}
 SLOW = {"batch_sizes": [1], "warmup": 1, "min_runs": 3, "min_seconds": 2, "max_seconds": 2, "max_runs": 100000}
