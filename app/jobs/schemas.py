@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.jobs.errors import JobErrorType
+
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -39,7 +41,7 @@ class JobCreate(BaseModel):
 
 
 class JobError(BaseModel):
-    type: str
+    type: JobErrorType = Field(description="Stable: switch on it. The detail says what to do, for a person.")
     detail: str
 
 
