@@ -3,8 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from app.jobs import plan
 from app.jobs.errors import JobErrorType
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -69,3 +70,8 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _public(cls, params: Any, info: ValidationInfo) -> Any:
+        return plan.public(info.data.get("technique", ""), params)
