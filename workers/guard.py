@@ -56,8 +56,9 @@ def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
 
 class JobGuard(threading.Thread):
     def __init__(self, job_id: str, *, interval: float, cancel_grace: float, memory_limit: int,
-                 soft_time_limit: float, time_limit: float, heartbeat: Callable[[], bool], fail: Callable[[JobErrorType, str], None],
-                 cleanup: Callable[[], None], exit: Callable[[int], None] = os._exit) -> None:
+                 soft_time_limit: float, time_limit: float, heartbeat: Callable[[], bool],
+                 fail: Callable[[JobErrorType, str], None], cleanup: Callable[[], None],
+                 exit: Callable[[int], None] = os._exit) -> None:
         super().__init__(name=f"guard-{job_id}", daemon=True)
         self.job_id = job_id
         self.interval, self.cancel_grace = interval, cancel_grace

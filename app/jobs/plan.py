@@ -62,8 +62,8 @@ def _current(technique: type[Technique], params: dict[str, Any], loc: list[Any])
     params = dict(params)
     version, current = params.pop(VERSION, 1), technique.Params.params_version
     if not isinstance(version, int) or not 1 <= version <= current:
-        raise InvalidInput(f"{'.'.join(map(str, loc + ['params']))}: stored at version {version!r} of "
-                           f"{technique.name}'s params, newer than this release's {current}.")
+        raise InvalidInput(f"{'.'.join(map(str, loc + ['params']))}: stored as version {version!r} of "
+                           f"{technique.name}'s params; this release reads versions 1 to {current}.")
     return params if version == current else technique.Params.upgrade(params, version)
 
 

@@ -112,3 +112,22 @@ def test_stored_error_types_read_back(stored):
     from app.jobs.schemas import JobError
 
     assert JobError.model_validate({"type": stored, "detail": "x"}).type == stored
+
+
+def _raise(type: str, detail: str) -> None:
+    raise TechniqueError.of(type, detail)
+
+
+def test_errors_cross_a_process_boundary_with_their_class(tmp_path):
+    """A native step's child and a data-parallel rank send (type, detail) back: the parent raises
+    the same class, so the job fails with the same type."""
+    from app.engine.pytorch.ddp import _raise_failures
+    from app.engine.runtime.isolate import run_bounded
+
+    for cls in (engine_errors.InvalidParams, engine_errors.StepTimeout):
+        with pytest.raises(cls) as info:
+            run_bounded(_raise, cls.type, "the detail", deadline_s=60, step="raising")
+        assert info.value.type == cls.type and info.value.detail == "the detail"
+    (tmp_path / "error0.json").write_text('["dataset_mismatch", "labels out of range"]')
+    with pytest.raises(engine_errors.DatasetMismatch, match="labels out of range"):
+        _raise_failures([None], tmp_path)  # rank 0 wrote its error: its process is not read
