@@ -1,7 +1,11 @@
-"""One domain error tree, one status table, one handler rendering RFC 9457 problem+json."""
+"""One domain error tree, one status table, one handler rendering RFC 9457 problem+json.
+
+A problem's ``type`` is ``urn:lathe:problem:<slug>``, the slug snake_case like every error
+identifier the API returns (job error types: app.jobs.errors)."""
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -28,7 +32,7 @@ class LatheError(Exception):
 
 
 class NotFound(LatheError):
-    slug, title = "not-found", "Not found"
+    slug, title = "not_found", "Not found"
 
 
 class Unauthorized(LatheError):
@@ -36,27 +40,27 @@ class Unauthorized(LatheError):
 
 
 class InvalidInput(LatheError):
-    slug, title = "invalid-input", "Invalid input"
+    slug, title = "invalid_input", "Invalid input"
 
 
 class IdempotencyKeyReused(InvalidInput):
-    slug, title = "idempotency-key-reused", "Idempotency-Key reused for a different request"
+    slug, title = "idempotency_key_reused", "Idempotency-Key reused for a different request"
 
 
 class UnsupportedFormat(LatheError):
-    slug, title = "unsupported-format", "Unsupported file format"
+    slug, title = "unsupported_format", "Unsupported file format"
 
 
 class InvalidModel(LatheError):
-    slug, title = "invalid-model", "Model file rejected"
+    slug, title = "invalid_model", "Model file rejected"
 
 
 class InvalidDataset(LatheError):
-    slug, title = "invalid-dataset", "Dataset file rejected"
+    slug, title = "invalid_dataset", "Dataset file rejected"
 
 
 class PayloadTooLarge(LatheError):
-    slug, title = "payload-too-large", "Upload too large"
+    slug, title = "payload_too_large", "Upload too large"
 
 
 class Conflict(LatheError):
@@ -72,11 +76,11 @@ class Unavailable(LatheError):
 
 
 class TooManyRequests(LatheError):
-    slug, title = "too-many-requests", "Too many requests"
+    slug, title = "too_many_requests", "Too many requests"
 
 
 class RangeNotSatisfiable(LatheError):
-    slug, title = "range-not-satisfiable", "Range not satisfiable"
+    slug, title = "range_not_satisfiable", "Range not satisfiable"
 
 
 STATUS: dict[type[LatheError], int] = {
@@ -134,20 +138,20 @@ def install(app: FastAPI) -> None:
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return problem(422, "validation-error", "Request validation failed",
+        return problem(422, "validation_error", "Request validation failed",
                        f"{where}: {first['msg']}", request.url.path, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
-        slug = phrase.lower().replace(" ", "-")
+        slug = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
         return problem(exc.status_code, slug, phrase, str(exc.detail), request.url.path, dict(exc.headers or {}))
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         # The pool pre-pings and reconnects: once the database is back, the next request works.
-        return problem(503, "database-unavailable", "Database unavailable",
+        return problem(503, "database_unavailable", "Database unavailable",
                        "The database is unreachable; retry shortly.", request.url.path, {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
@@ -156,6 +160,6 @@ def install(app: FastAPI) -> None:
 
         logging.getLogger("lathe.api").exception("unhandled error on %s", request.url.path)
         # Rendered outside every middleware (Starlette's ServerErrorMiddleware): add them here.
-        return problem(500, "internal-error", "Internal server error",
+        return problem(500, "internal_error", "Internal server error",
                        "The server failed to handle this request; it has been logged.", request.url.path,
                        SECURITY_HEADERS)

@@ -63,7 +63,7 @@ class BodyLimitMiddleware:
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
     body = json.dumps({
-        "type": "urn:lathe:problem:payload-too-large",
+        "type": "urn:lathe:problem:payload_too_large",
         "title": "Upload too large",
         "status": 413,
         "detail": f"The request body exceeds this route's limit of {limit} bytes.",

@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from app.jobs.errors import JobErrorType
+
 log = logging.getLogger("lathe.worker.guard")
 
 
@@ -54,8 +56,9 @@ def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
 
 class JobGuard(threading.Thread):
     def __init__(self, job_id: str, *, interval: float, cancel_grace: float, memory_limit: int,
-                 soft_time_limit: float, time_limit: float, heartbeat: Callable[[], bool], fail: Callable[[str, str], None],
-                 cleanup: Callable[[], None], exit: Callable[[int], None] = os._exit) -> None:
+                 soft_time_limit: float, time_limit: float, heartbeat: Callable[[], bool],
+                 fail: Callable[[JobErrorType, str], None], cleanup: Callable[[], None],
+                 exit: Callable[[int], None] = os._exit) -> None:
         super().__init__(name=f"guard-{job_id}", daemon=True)
         self.job_id = job_id
         self.interval, self.cancel_grace = interval, cancel_grace
@@ -102,11 +105,11 @@ class JobGuard(threading.Thread):
             now = time.monotonic()
             rss = _tree_rss(proc)
             if rss > self.memory_limit:
-                self._kill("memory_limit", f"The job used {rss // 2**20} MiB, over the limit of "
+                self._kill(JobErrorType.MEMORY_LIMIT, f"The job used {rss // 2**20} MiB, over the limit of "
                            f"{self.memory_limit // 2**20} MiB per job; try smaller batch sizes or a smaller model.")
                 return
             if now - started > self.time_limit:
-                self._kill("timeout", f"The job ran past its hard time limit of {self.time_limit:.0f} s.")
+                self._kill(JobErrorType.TIMEOUT, f"The job ran past its hard time limit of {self.time_limit:.0f} s.")
                 return
             if now - started > self.soft_time_limit and self.stop_reason is None:
                 self._request_stop("timeout")
@@ -123,14 +126,14 @@ class JobGuard(threading.Thread):
                     stopped_at = now
             if stopped_at is not None and now - stopped_at > self.cancel_grace:
                 if self.stop_reason == "timeout":
-                    self._kill("timeout", f"The job ran past its time limit of {self.soft_time_limit:.0f} s "
+                    self._kill(JobErrorType.TIMEOUT, f"The job ran past its time limit of {self.soft_time_limit:.0f} s "
                                f"and did not stop within {self.cancel_grace:.0f} s; its process was ended.")
                     return
                 log.warning("job %s ignored cancellation for %.0f s: ending its process", self.job_id, self.cancel_grace)
                 self._end()
                 return
 
-    def _kill(self, type: str, detail: str) -> None:
+    def _kill(self, type: JobErrorType, detail: str) -> None:
         log.error("job %s: %s", self.job_id, detail)
         try:
             self._fail(type, detail)

@@ -24,6 +24,7 @@ from app.engine import pipeline
 from app.engine.base import Context, Result
 from app.engine.errors import InvalidParams, TechniqueError
 from app.jobs import transitions
+from app.jobs.errors import ArtifactMissing, InvalidStoredParams, JobErrorType, ModelDeleted
 from app.outputs import register_output
 from app.records import DatasetRecord, JobRecord, ModelRecord
 from app.settings import Settings
@@ -76,8 +77,8 @@ def _claim(s, slot: str) -> str | None:
 def _artifact(store, record, what: str) -> Path:
     path = store.path(record.uri)
     if not path.is_file():
-        raise TechniqueError(f"The file of {what} {record.id!r} is missing from the artifact store; upload it again "
-                             "and queue a new job.", type="artifact_missing")
+        raise ArtifactMissing(f"The file of {what} {record.id!r} is missing from the artifact store; upload it again "
+                              "and queue a new job.")
     return path
 
 
@@ -92,17 +93,17 @@ def _load(s, job_id: str) -> Loaded:
         blobs.release(s, store, stale.uri)
     model = s.get(ModelRecord, job.model_id) if job.model_id else None
     if model is None:
-        raise TechniqueError("The job's model was deleted before the job ran.", type="model_deleted")
+        raise ModelDeleted("The job's model was deleted before the job ran.")
     try:
         steps = pipeline.from_row(job.technique, job.params)
     except InvalidParams as exc:
-        raise TechniqueError(f"The job's stored params are not valid in this version of Lathe ({exc.detail}); queue "
-                             "a new job.", type="invalid_stored_params") from None
+        raise InvalidStoredParams(f"The job's stored params are not valid in this version of Lathe ({exc.detail}); "
+                                  "queue a new job.") from None
     others = {}
     for other_id in pipeline.referenced_models(steps):
         other = s.get(ModelRecord, other_id)
         if other is None or other.tenant_id != job.tenant_id:
-            raise TechniqueError(f"Model {other_id!r} named in the params was deleted.", type="model_deleted")
+            raise ModelDeleted(f"Model {other_id!r} named in the params was deleted.")
         others[other_id] = _artifact(store, other, "model")
     dataset = s.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
     parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
@@ -150,7 +151,7 @@ def run_job(slot: str) -> None:
         return
     except Exception as exc:
         log.exception("job %s could not be loaded", job_id)
-        _db(sessions, transitions.fail, job_id, "internal_error", f"Loading the job failed: {type(exc).__name__}")
+        _db(sessions, transitions.fail, job_id, JobErrorType.INTERNAL_ERROR, f"Loading the job failed: {type(exc).__name__}")
         return
     loaded.ctx = replace(loaded.ctx, native_step_timeout_s=settings.native_step_timeout_s)
     workdir = settings.resolved_data_dir / "work" / job_id
@@ -185,13 +186,13 @@ def run_job(slot: str) -> None:
         _db(sessions, _finish, job_id, loaded, results)
     except JobStopped as stop:
         if stop.reason == "timeout":
-            fail("timeout", f"The job ran past its time limit of {settings.job_soft_time_limit_s} s and was stopped.")
+            fail(JobErrorType.TIMEOUT, f"The job ran past its time limit of {settings.job_soft_time_limit_s} s and was stopped.")
         else:
             log.info("job %s cancelled", job_id)
     except TechniqueError as exc:
         fail(exc.type, exc.detail)
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        fail("internal_error", f"{type(exc).__name__}: {str(exc)[:500]}")
+        fail(JobErrorType.INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:500]}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -20,6 +20,15 @@ class Params(BaseModel):
     """Base of every technique's params: frozen, unknown fields refused, JSON round-trip."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # Jobs store their params with this version (app.engine.pipeline) and a queued job may be loaded
+    # by a later release: bump it when a change would refuse or reread stored params (a field
+    # renamed, removed, or meaning something else), and override ``upgrade``.
+    params_version: ClassVar[int] = 1
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Params stored at an older ``version``, as this version's fields (then validated)."""
+        return data
 
 
 # How long one native step we don't control (shape inference, a converter, an exporter) may

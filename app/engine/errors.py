@@ -1,39 +1,89 @@
 """Errors a technique raises for its job to fail with advice, not a traceback.
 
-Every error has a stable ``type`` (snake_case, stored in ``job.error.type``; the API's JobError
-schema lists them): the engine's whole vocabulary is the subclasses below.
+Each class fixes a stable ``type`` (stored in ``job.error.type``, snake_case like every error
+type Lathe returns); the message is ``job.error.detail``. These classes are the engine's whole
+vocabulary: a raise site picks a class, never a type string. The API's ``JobErrorType``
+(app.jobs.errors) lists every type, these and the service's own; a test holds them in step.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class TechniqueError(Exception):
     """A failure the user can act on (bad model for this technique, dataset mismatch...).
 
-    ``type`` is a short slug stored in ``job.error.type``; the message is ``job.error.detail``
-    and must read as advice, not as a traceback.
-    """
+    The message must read as advice, not as a traceback."""
 
-    def __init__(self, detail: str, type: str = "technique_error") -> None:
+    type: ClassVar[str] = "technique_error"
+
+    def __init__(self, detail: str) -> None:
         super().__init__(detail)
-        self.type = type
         self.detail = detail
+
+    @staticmethod
+    def of(type: str, detail: str) -> TechniqueError:
+        """The error of this ``type``, rebuilt where it crossed a process boundary as (type,
+        detail): a native step's child, a data-parallel rank. The detail is kept as written
+        (a subclass's own ``__init__``, which composes one, is not called)."""
+        classes = [TechniqueError]
+        while classes:
+            cls = classes.pop()
+            if cls.type == type:
+                error = cls.__new__(cls)
+                TechniqueError.__init__(error, detail)
+                return error
+            classes += cls.__subclasses__()
+        raise ValueError(f"no error class has type {type!r}")
 
 
 class UnsupportedModel(TechniqueError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, type="unsupported_model")
+    type = "unsupported_model"
 
 
 class DatasetMismatch(TechniqueError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, type="dataset_mismatch")
+    type = "dataset_mismatch"
 
 
 class InvalidParams(TechniqueError):
-    """Params (or a stored job's params) that don't validate. ``errors`` lists each problem as
-    pydantic does (``loc``, ``msg``, ``type``); the API answers them as a 422."""
+    """Params that don't validate, or validate on their own but not against this model (a layer
+    or node it lacks). ``errors`` lists each problem as pydantic does (``loc``, ``msg``,
+    ``type``) where known; the API answers them as a 422."""
+
+    type = "invalid_params"
 
     def __init__(self, detail: str, extra: dict | None = None) -> None:
-        super().__init__(detail, type="invalid_params")
+        super().__init__(detail)
         self.errors = (extra or {}).get("errors", [])
+
+
+class InferenceFailed(TechniqueError):
+    """onnxruntime failed to run the model (while timing or comparing outputs)."""
+
+    type = "inference_failed"
+
+
+class ProviderUnavailable(TechniqueError):
+    """None of the requested execution providers exists on this worker."""
+
+    type = "provider_unavailable"
+
+
+class ToleranceNotMet(TechniqueError):
+    """No candidate kept the accuracy or fidelity the params asked for."""
+
+    type = "tolerance_not_met"
+
+
+class StepTimeout(TechniqueError):
+    """A native step ran past its deadline and was killed (app.engine.runtime.isolate)."""
+
+    type = "step_timeout"
+
+    def __init__(self, step: str, deadline_s: float, advice: str = "") -> None:
+        super().__init__(
+            f"{step} did not finish within its limit of {deadline_s:g} s and was stopped; the "
+            "model's graph is probably too deep or too large for it (nested subgraphs, huge "
+            f"node counts){'; ' + advice if advice else ''}")
+        self.step, self.deadline_s = step, deadline_s

@@ -4,6 +4,10 @@ Used by the API (validate before queueing, with the exact field in the error) an
 (rebuild the typed steps from the stored row, run them, report). A pipeline is stored as
 technique "pipeline" with params ``{"steps": [{"technique", "params"}, ...]}``, every step's
 params normalised.
+
+Stored params also hold their Params version under ``VERSION``, a key no params field can have:
+the worker upgrades params stored by an older release (``Params.upgrade``) and refuses those
+of a newer one; clients never see it (``public``) and may not send it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from app.engine.runtime.sessions import probe_session
 
 PIPELINE = "pipeline"
 MAX_STEPS = 8
+VERSION = "_version"  # pydantic fields never start with "_"
 
 
 @dataclass
@@ -36,21 +41,36 @@ class Step:
         return self.technique.name
 
     def stored(self) -> dict[str, Any]:
-        return {"technique": self.name, "params": self.params.model_dump(mode="json")}
+        return {"technique": self.name, "params": self.stored_params()}
+
+    def stored_params(self) -> dict[str, Any]:
+        return {**self.params.model_dump(mode="json"), VERSION: self.technique.Params.params_version}
 
 
-def _step(name: str, params: dict[str, Any], loc: list[Any]) -> Step:
+def _step(name: str, params: dict[str, Any], loc: list[Any], stored: bool = False) -> Step:
     technique = all_techniques().get(name)
     if technique is None:
         raise InvalidParams(f"{'.'.join(map(str, loc[1:] + ['technique']))}: unknown technique {name!r}; "
                            f"known: {sorted(all_techniques())}.",
                            extra={"errors": [{"loc": loc + ["technique"], "msg": "unknown technique"}]})
+    if stored and isinstance(params, dict):
+        params = _current(technique, params, loc)
     try:
         return Step(technique, technique.Params.model_validate(params))
     except ValidationError as exc:
         errors = [{"loc": loc + ["params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         first = errors[0]
         raise InvalidParams(f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}", extra={"errors": errors}) from None
+
+
+def _current(technique: type[Technique], params: dict[str, Any], loc: list[Any]) -> dict[str, Any]:
+    """Stored params as the current version's fields: rows from before versions are version 1."""
+    params = dict(params)
+    version, current = params.pop(VERSION, 1), technique.Params.params_version
+    if not isinstance(version, int) or not 1 <= version <= current:
+        raise InvalidParams(f"{'.'.join(map(str, loc + ['params']))}: stored as version {version!r} of "
+                            f"{technique.name}'s params; this release reads versions 1 to {current}.")
+    return params if version == current else technique.Params.upgrade(params, version)
 
 
 def from_request(technique: str | None, params: dict[str, Any], steps: list[dict[str, Any]] | None) -> list[Step]:
@@ -71,19 +91,29 @@ def from_request(technique: str | None, params: dict[str, Any], steps: list[dict
 
 def stored(plan: list[Step]) -> tuple[str, dict[str, Any]]:
     if len(plan) == 1:
-        return plan[0].name, plan[0].params.model_dump(mode="json")
+        return plan[0].name, plan[0].stored_params()
     return PIPELINE, {"steps": [s.stored() for s in plan]}
+
+
+def public(technique: str, params: Any) -> Any:
+    """A job row's params as the API shows them: what the client sent, normalised."""
+    if not isinstance(params, dict):
+        return params
+    if technique == PIPELINE and isinstance(params.get("steps"), list):
+        return {**params, "steps": [{**s, "params": public(s.get("technique"), s.get("params"))}
+                                    if isinstance(s, dict) else s for s in params["steps"]]}
+    return {k: v for k, v in params.items() if k != VERSION}
 
 
 def from_row(technique: str, params: Any) -> list[Step]:
     """Raises InvalidParams, like from_request, when a stored row no longer validates: a row
     written before an upgrade may name a technique or a field this version no longer has."""
     if technique != PIPELINE:
-        return [_step(technique, params, [])]
+        return [_step(technique, params, [], stored=True)]
     steps = params.get("steps") if isinstance(params, dict) else None
     if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("technique"), str) for s in steps):
         raise InvalidParams("steps: not a list of {technique, params}.")
-    return [_step(s["technique"], s.get("params", {}), ["steps", i]) for i, s in enumerate(steps)]
+    return [_step(s["technique"], s.get("params", {}), ["steps", i], stored=True) for i, s in enumerate(steps)]
 
 
 def referenced_models(plan: list[Step]) -> list[str]:

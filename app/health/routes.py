@@ -39,5 +39,5 @@ def readyz(request: Request) -> JSONResponse:
         checks["worker"] = worker.check()
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", **checks})
-    return problem(503, "not-ready", "Not ready", "; ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
+    return problem(503, "not_ready", "Not ready", "; ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
                    "/readyz", {"Retry-After": "5"}, **checks)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction, utcnow
 from app.jobs import transitions
+from app.jobs.errors import JobErrorType
 from app.queue import QUEUES, broker_waiting, enqueue_job
 from app.records import JobRecord
 from app.settings import Settings
@@ -35,11 +36,11 @@ def reap(sessions: sessionmaker[Session], celery: Celery, settings: Settings) ->
         for job in lost:
             ran = (now - job.started_at).total_seconds() if job.started_at else 0
             if ran > settings.job_time_limit_s:
-                ok = transitions.fail(s, job.id, "timeout",
+                ok = transitions.fail(s, job.id, JobErrorType.TIMEOUT,
                                      f"The job ran past its hard time limit of {settings.job_time_limit_s} s and was stopped.")
                 counts["failed"] += ok
             elif job.attempts >= settings.max_job_attempts:
-                ok = transitions.fail(s, job.id, "worker_lost",
+                ok = transitions.fail(s, job.id, JobErrorType.WORKER_LOST,
                                      f"The worker running this job was lost (killed, out of memory or its machine went "
                                      f"away) on each of {job.attempts} attempts; not retrying.")
                 counts["failed"] += ok

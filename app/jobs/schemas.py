@@ -3,7 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from app.engine import pipeline as plan
+from app.jobs.errors import JobErrorType
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -39,7 +42,7 @@ class JobCreate(BaseModel):
 
 
 class JobError(BaseModel):
-    type: str
+    type: JobErrorType = Field(description="Stable: switch on it. The detail says what to do, for a person.")
     detail: str
 
 
@@ -67,3 +70,8 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _public(cls, params: Any, info: ValidationInfo) -> Any:
+        return plan.public(info.data.get("technique", ""), params)

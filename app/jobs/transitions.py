@@ -11,6 +11,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.jobs.errors import JobErrorType
 from app.records import JobRecord
 
 
@@ -83,9 +84,9 @@ def succeed(session: Session, job_id: str, report: dict[str, Any], output_model_
                  output_model_id=output_model_id, finished_at=utcnow())
 
 
-def fail(session: Session, job_id: str, type: str, detail: str) -> bool:
+def fail(session: Session, job_id: str, type: JobErrorType, detail: str) -> bool:
     return _move(session, job_id, ("queued", "running"), status="failed", stage="failed",
-                 error={"type": type, "detail": detail[:2000]}, finished_at=utcnow())
+                 error={"type": str(type), "detail": detail[:2000]}, finished_at=utcnow())
 
 
 def cancel(session: Session, job_id: str) -> bool:

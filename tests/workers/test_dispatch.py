@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import update
 
 from app.db import make_engine, make_sessionmaker, transaction
+from app.jobs import plan
 from app.jobs.reaper import reap
 from app.queue import make_celery
 from app.records import JobRecord, ModelRecord
@@ -81,20 +82,23 @@ def _started(job: dict) -> datetime:
 def test_a_job_that_cannot_be_loaded_fails_on_first_pickup(idle, workers, tmp_path):
     api = idle.new_client()
     kept, lost = _model(api, tmp_path, 1), _model(api, tmp_path, 2)
-    retired_field, retired_technique, bad_pipeline = (_job(api, kept, QUICK) for _ in range(3))
+    retired_field, retired_technique, bad_pipeline, newer = (_job(api, kept, QUICK) for _ in range(4))
     missing_file = _job(api, lost, QUICK)
-    # What an upgrade can leave behind: params a newer version refuses, a technique that is gone.
+    # What an upgrade can leave behind: params a newer version refuses, a technique that is gone;
+    # and a downgrade: params stored by a newer release, at a params version this one can't read.
     with transaction(idle.sessions) as s:
         for job_id, values in {retired_field: {"params": {**QUICK, "retired_option": True}},
                                retired_technique: {"technique": "quantize.retired"},
-                               bad_pipeline: {"technique": "pipeline", "params": {"steps": "all of them"}}}.items():
+                               bad_pipeline: {"technique": "pipeline", "params": {"steps": "all of them"}},
+                               newer: {"params": {**QUICK, plan.VERSION: 99}}}.items():
             s.execute(update(JobRecord).where(JobRecord.id == job_id).values(**values))
         uri = s.get(ModelRecord, lost).uri
     open_store(idle.settings.artifact_root).path(uri).unlink()  # the store lost the model's file
 
     workers()
     expected = {retired_field: "invalid_stored_params", retired_technique: "invalid_stored_params",
-                bad_pipeline: "invalid_stored_params", missing_file: "artifact_missing"}
+                bad_pipeline: "invalid_stored_params", newer: "invalid_stored_params",
+                missing_file: "artifact_missing"}
     for job_id, error_type in expected.items():
         job = api.wait_job(job_id, timeout=30)
         assert job["status"] == "failed" and job["error"]["type"] == error_type, job
@@ -102,6 +106,7 @@ def test_a_job_that_cannot_be_loaded_fails_on_first_pickup(idle, workers, tmp_pa
         assert str(idle.settings.resolved_data_dir) not in job["error"]["detail"], job
     assert "retired_option" in api.get(f"/v1/jobs/{retired_field}").json()["error"]["detail"]
     assert lost in api.get(f"/v1/jobs/{missing_file}").json()["error"]["detail"]
+    assert "version 99" in api.get(f"/v1/jobs/{newer}").json()["error"]["detail"]
     # Over for good: the reaper has nothing to send again, and nothing runs twice.
     assert _reap_now(idle) == {"requeued": 0, "failed": 0, "redispatched": 0}
     assert all(api.get(f"/v1/jobs/{j}").json()["attempts"] == 1 for j in expected)

@@ -12,7 +12,7 @@ from typing import Any
 from app.engine.data.datasets import dataset_feed, dataset_samples, load_dataset
 from app.engine.runtime.inputs import Spec, generate_feed, resolved_dims
 from app.engine.params import MeasureParams
-from app.engine.errors import TechniqueError
+from app.engine.errors import InvalidParams
 
 
 class FeedSource:
@@ -36,11 +36,10 @@ class FeedSource:
         known = resolved_dims(specs, {}, 0)
         unknown = sorted(set(self.params.dims) - set(known))
         if unknown:
-            raise TechniqueError(
+            raise InvalidParams(
                 f"dims {unknown} do not name a symbolic input dimension of this model; its "
                 f"symbolic dimensions are {sorted(known) or 'none'} (the batch dimension is "
                 "set by batch_sizes)",
-                type="invalid_params",
             )
         self._dims_checked = True
 

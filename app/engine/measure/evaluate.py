@@ -68,7 +68,7 @@ class Evaluate(Technique):
         from app.engine.measure.accuracy import compare_models
         from app.engine.data.feeds import FeedSource
         from app.engine.params import MeasureParams
-        from app.engine.errors import DatasetMismatch, TechniqueError
+        from app.engine.errors import DatasetMismatch, InvalidParams
 
         params = self.params_of(ctx)
         if ctx.dataset_path is None:
@@ -85,10 +85,9 @@ class Evaluate(Technique):
                                 device=ctx.device, progress=ctx.progress, span=(0.02, 0.98),
                                 task=params.task)
         if result["accuracy"] is None and reference is None:
-            raise TechniqueError(
+            raise InvalidParams(
                 "nothing to evaluate: the dataset has no `labels` array and the model has no "
-                "parent; add labels to the dataset or set reference_model_id",
-                type="invalid_params")
+                "parent; add labels to the dataset or set reference_model_id")
         ctx.progress(0.99, "report")
         report = {
             "schema_version": SCHEMA_VERSION,

@@ -18,7 +18,7 @@ from typing import Any
 from app.engine.runtime.inputs import batch_conflict, input_specs
 from app.engine.params import MeasureParams
 from app.engine.base import Device, ProgressFn
-from app.engine.errors import TechniqueError, UnsupportedModel
+from app.engine.errors import InferenceFailed, UnsupportedModel
 from app.engine.runtime.sessions import create_session, run_session, short_reason, used_provider
 
 TICK_NS = 500_000_000
@@ -57,9 +57,7 @@ def time_runs(
         try:
             session.run(None, feed)
         except Exception as exc:  # a later run failing after a good warm-up: still user-facing
-            raise TechniqueError(
-                f"onnxruntime failed during timing ({short_reason(exc)})", type="inference_failed"
-            ) from None
+            raise InferenceFailed(f"onnxruntime failed during timing ({short_reason(exc)})") from None
         t1 = time.perf_counter_ns()
         times.append(t1 - t0)
         timed += t1 - t0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.engine.errors import TechniqueError, UnsupportedModel
+from app.engine.errors import InvalidParams, TechniqueError, UnsupportedModel
 
 
 def prunable_layers(module: Any) -> dict[str, Any]:
@@ -64,8 +64,8 @@ def structured_prune(module: Any, sample: Sequence[Any], *, ratio: float, import
         raise UnsupportedModel("the model has no convolution or linear layer to prune")
     unknown = sorted(set(keep) - set(layers))
     if unknown:
-        raise TechniqueError(f"keep_layers {unknown} are not prunable layers of this model; its "
-                             f"layers are {sorted(layers)[:40]}", type="invalid_params")
+        raise InvalidParams(f"keep_layers {unknown} are not prunable layers of this model; its "
+                            f"layers are {sorted(layers)[:40]}")
     protected = sorted(output_layers(module) | set(keep))
     inputs = tuple(sample)
     try:

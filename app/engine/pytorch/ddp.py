@@ -156,7 +156,7 @@ def _raise_failures(procs: list, workdir: Path) -> None:
         error = workdir / f"error{rank}.json"
         if error.exists():  # a user-facing error (bad labels...): pass it on as is
             kind, detail = json.loads(error.read_text())
-            raise TechniqueError(detail, type=kind)
+            raise TechniqueError.of(kind, detail)
     for rank, proc in enumerate(procs):
         if proc.returncode != 0:
             tail = (workdir / f"rank{rank}.log").read_text(errors="replace").strip().splitlines()

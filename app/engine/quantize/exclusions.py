@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.engine.errors import TechniqueError
+from app.engine.errors import InvalidParams, TechniqueError
 
 # Ops whose weight (second input, or first for Gather) is what quantization shrinks.
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "Gather": 0,
@@ -34,9 +34,9 @@ def resolve_exclusions(uploaded: Path, staged: Path, exclude_nodes: Sequence[str
     unknown = [n for n in exclude_nodes if n not in known]
     if unknown:
         sample = sorted(n for n, op in known.items() if op in WEIGHT_INPUT)[:10]
-        raise TechniqueError(
+        raise InvalidParams(
             f"exclude_nodes {unknown[:5]} are not node names of this model; quantizable nodes "
-            f"include {sample or sorted(known)[:10]}", type="invalid_params")
+            f"include {sample or sorted(known)[:10]}")
     staged_nodes = node_names(staged)
     by_type = [n for n, op in staged_nodes.items() if op in set(exclude_op_types)]
     return sorted(set(exclude_nodes) | set(by_type))

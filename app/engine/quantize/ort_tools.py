@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.runtime.isolate import DEFAULT_DEADLINE_S, StepTimeout, error_name, run_bounded
-from app.engine.errors import TechniqueError, UnsupportedModel
+from app.engine.runtime.isolate import DEFAULT_DEADLINE_S, error_name, run_bounded
+from app.engine.errors import StepTimeout, TechniqueError, UnsupportedModel
 from app.engine.runtime.sessions import short_reason
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from app.engine.data.feeds import FeedSource
 from app.engine.measure.latency import measure_grid
 from app.engine.base import Context
-from app.engine.errors import TechniqueError
+from app.engine.errors import ToleranceNotMet
 
 LAYER_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention")
 
@@ -87,12 +87,11 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         preprocess, opset = stage.preprocess, stage.opset
     if not finalists:
         best = max(candidates, key=lambda c: c["mean_cosine"] or -1.0)
-        raise TechniqueError(
+        raise ToleranceNotMet(
             f"no quantized variant meets the tolerance {tolerance} even with all but one layer "
             f"in float (best: {best['name']} with {best['float_layers']} float layers, mean "
             f"cosine {best['mean_cosine']}, accuracy drop {best.get('accuracy_drop')}); "
-            "loosen min_cosine/max_accuracy_drop, or use quantize.fp16",
-            type="tolerance_not_met")
+            "loosen min_cosine/max_accuracy_drop, or use quantize.fp16")
     ctx.progress(0.7, "timing candidates")
     grid = measure_grid({"parent": ctx.model_path,
                          **{n: f["path"] for n, f in finalists.items()}},

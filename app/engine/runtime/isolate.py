@@ -33,22 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.base import DEFAULT_NATIVE_STEP_TIMEOUT_S
-from app.engine.errors import DatasetMismatch, TechniqueError, UnsupportedModel
+from app.engine.errors import StepTimeout, TechniqueError
 
 DEFAULT_DEADLINE_S = DEFAULT_NATIVE_STEP_TIMEOUT_S
 # Imported once in the fork server, so each step's child starts with them loaded.
 PRELOAD = ["app.engine.runtime.isolate", "numpy", "onnx", "onnxruntime", "onnxruntime.quantization"]
 WAIT_SLICE_S = 0.2
-_ERRORS = {"unsupported_model": UnsupportedModel, "dataset_mismatch": DatasetMismatch}
-
-
-class StepTimeout(TechniqueError):
-    def __init__(self, step: str, deadline_s: float, advice: str = "") -> None:
-        super().__init__(
-            f"{step} did not finish within its limit of {deadline_s:g} s and was stopped; the "
-            "model's graph is probably too deep or too large for it (nested subgraphs, huge "
-            f"node counts){'; ' + advice if advice else ''}", type="step_timeout")
-        self.step, self.deadline_s = step, deadline_s
 
 
 class StepFailed(Exception):
@@ -102,8 +92,7 @@ def run_bounded(fn: Callable[..., Any], *args: Any, deadline_s: float, step: str
     if "error" in payload:
         err = payload["error"]
         if "type" in err:
-            cls = _ERRORS.get(err["type"])
-            raise cls(err["detail"]) if cls else TechniqueError(err["detail"], type=err["type"])
+            raise TechniqueError.of(err["type"], err["detail"])
         raise StepFailed(err["name"], err["message"])
     return payload["result"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.base import Device
-from app.engine.errors import TechniqueError, UnsupportedModel
+from app.engine.errors import InferenceFailed, ProviderUnavailable, UnsupportedModel
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*(\w+)\s*:\s*")
 _LOAD_PREFIX = re.compile(r"^Load model from .*? failed:\s*")
@@ -71,8 +71,8 @@ def sweep_providers(device: Device, wanted: list[str] | None) -> tuple[list[str]
     notes = [f"provider {w!r} is not available on this worker (it has {sorted(available)}); skipped"
              for w in wanted if PROVIDER_NAMES[w] not in available]
     if not keep:
-        raise TechniqueError(f"none of the requested providers {wanted} is available on this worker "
-                             f"(it has {sorted(available)})", type="provider_unavailable")
+        raise ProviderUnavailable(f"none of the requested providers {wanted} is available on this "
+                                  f"worker (it has {sorted(available)})")
     return keep, notes
 
 
@@ -132,8 +132,7 @@ def run_session(session: Any, feed: Mapping[str, Any], what: str = "generated",
             else "set `dims` for symbolic dimensions, `int_high` for token ids, or provide "
             "a dataset with real inputs"
         )
-        raise TechniqueError(
+        raise InferenceFailed(
             f"onnxruntime failed to run the model on {what} inputs ({short_reason(exc)}); "
             f"{hint}",
-            type="inference_failed",
         ) from None
