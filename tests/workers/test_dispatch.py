@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import update
 
 from app.db import make_engine, make_sessionmaker, transaction
-from app.jobs import plan
+from app.engine import pipeline as plan
 from app.jobs.reaper import reap
 from app.queue import make_celery
 from app.records import JobRecord, ModelRecord
