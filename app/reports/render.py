@@ -118,5 +118,5 @@ def render_report_html(report: dict, *, job: dict, lineage: dict | None) -> str:
     # Link only to sections this report actually has (an evaluate report has no charts).
     rendered = "".join(body)
     title = f"Lathe report · {job.get('technique') or raw.get('technique') or NA} · {job.get('id') or ''}"
-    return render("page.html", csp=CSP, title=title, css=Markup(CSS), header=_safe(_header, raw, job), body=body,
+    return render("page.html", csp=Markup(CSP), title=title, css=Markup(CSS), header=_safe(_header, raw, job), body=body,
                   toc=[(a, t) for a, t in toc if f'id="{a}"' in rendered]) + "\n"

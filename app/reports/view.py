@@ -24,14 +24,19 @@ _DROP = object()
 def parse_report(data: Any) -> BaseModel | None:
     if not isinstance(data, dict):
         return None
-    data = copy.deepcopy(data)
+    try:
+        return r.REPORTS.validate_python(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+    data = copy.deepcopy(data)  # the caller's dict is left as stored (the raw JSON shows it)
     for _ in range(MAX_PASSES):
+        if not all(_mark(data, err["loc"]) for err in errors):
+            return None
+        data = _sweep(data)
         try:
             return r.REPORTS.validate_python(data)
         except ValidationError as exc:
-            if not all(_mark(data, err["loc"]) for err in exc.errors()):
-                return None
-            data = _sweep(data)
+            errors = exc.errors()
     return None
 
 
