@@ -1,9 +1,8 @@
-"""Formatting helpers shared by the report renderer.
+"""Formatting helpers shared by the report renderer (the templates' filters).
 
-Every function here is total: reports come in several schema versions and some fields are
-user-controlled, so a missing or oddly typed field becomes "n/a" instead of an exception
-(one bad field must not cost the user the whole page), and every string leaves through
-`esc` (model names and params are chosen by users and end up inside HTML).
+Every function here is total: a missing value (an optional field of an older report) or a
+number that is not finite becomes "n/a" instead of an exception. Escaping is the templates'
+autoescape; ``esc`` remains for the SVG charts, which are built as strings.
 """
 
 from __future__ import annotations
@@ -18,20 +17,6 @@ NA = "n/a"
 
 def esc(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
-
-
-def dig(obj: Any, *path: Any, default: Any = None) -> Any:
-    """obj[path[0]][path[1]]..., or default when any step is missing or the wrong type."""
-    for key in path:
-        if isinstance(obj, dict):
-            obj = obj.get(key)
-        elif isinstance(obj, list) and isinstance(key, int) and -len(obj) <= key < len(obj):
-            obj = obj[key]
-        else:
-            return default
-        if obj is None:
-            return default
-    return obj
 
 
 def num(value: Any) -> float | None:
@@ -109,7 +94,7 @@ def clip(text: Any, limit: int) -> str:
 
 
 def compact_json(value: Any, limit: int = 160) -> str:
-    """A short, single-line rendering of a param/config value (un-escaped: callers esc())."""
+    """A short, single-line rendering of a param/config value (plain text: templates escape it)."""
     if isinstance(value, str):
         return clip(value, limit)
     try:
@@ -117,27 +102,3 @@ def compact_json(value: Any, limit: int = 160) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return clip(text, limit)
-
-
-def table(headers: list[str], rows: list[list[str]], *, max_rows: int, what: str = "rows",
-          cls: str = "data") -> str:
-    """An HTML table. `headers` are plain text (escaped here); cells are HTML built by callers
-    from esc()'d values. Rows beyond max_rows are dropped with a visible note, so a report with
-    thousands of points still gives a page of bounded size."""
-    if not rows:
-        return '<p class="muted">No data.</p>'
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[:max_rows])
-    note = ""
-    if len(rows) > max_rows:
-        note = (f'<p class="note">Showing the first {max_rows:,} of {len(rows):,} {esc(what)}; '
-                "the raw JSON below has them all.</p>")
-    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{note}'
-
-
-def kv_table(pairs: list[tuple[str, str]]) -> str:
-    """Two-column key/value table; both sides are plain text (escaped here)."""
-    if not pairs:
-        return '<p class="muted">n/a</p>'
-    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs)
-    return f'<table class="kv"><tbody>{body}</tbody></table>'

@@ -6,98 +6,101 @@ feel, and the smallest batch is the one every candidate was timed at.
 
 from __future__ import annotations
 
-from app.reports.extract import model_labels, rows
-from app.reports.fmt import as_dict, dig, fmt_num, num, short_id
+from pydantic import BaseModel
+
+from app.engine import reports as r
+from app.reports.extract import model_labels
+from app.reports.fmt import fmt_num, num, short_id
 from app.reports.svg import Point
 
 
-def _smallest_batch_p50(p50_by_batch: dict) -> tuple[float | None, str]:
+def _smallest_batch_p50(p50_by_batch: dict[str, float]) -> tuple[float | None, str]:
     """Candidates carry {"1": 0.018, "8": ...}; keys are JSON strings, so sort them as numbers."""
     keyed = []
-    for k, v in as_dict(p50_by_batch).items():
+    for k, v in p50_by_batch.items():
         try:
-            keyed.append((float(k), num(v), str(k)))
-        except (TypeError, ValueError):
+            keyed.append((float(k), num(v), k))
+        except ValueError:
             continue
     keyed = sorted(t for t in keyed if t[1] is not None)
     return (keyed[0][1], keyed[0][2]) if keyed else (None, "")
 
 
-def _first_comparison(report: dict) -> dict:
-    cmp = [r for r in rows(report, "comparison") if num(r.get("batch_size")) is not None]
-    return min(cmp, key=lambda r: (num(r.get("batch_size")), num(r.get("threads")) or 0)) if cmp else {}
+def _first_comparison(report: BaseModel | None) -> r.ComparePoint | None:
+    cmp = report.comparison if isinstance(report, r.QuantizeReport) else []
+    return min(cmp, key=lambda x: (x.batch_size, x.threads)) if cmp else None
 
 
-def _candidates(report: dict) -> tuple[list[Point], str]:
-    cands = rows(report, "candidates")
-    use_acc = any(num(c.get("accuracy")) is not None for c in cands)
-    metric = "accuracy" if use_acc else "mean_cosine"
+def _top1(scores: r.Scores | None) -> float | None:
+    return scores.top1 if scores else None
+
+
+def _candidates(report: r.QuantizeAutoReport) -> tuple[list[Point], str]:
+    # Candidates are scored by cosine; a per-candidate accuracy is not recorded.
+    metric = "mean_cosine"
     points = []
-    for c in cands:
-        x, bs = _smallest_batch_p50(c.get("p50_ms"))
-        y = num(c.get(metric))
-        name = str(c.get("name") or c.get("mode") or "candidate") + (" (chosen)" if c.get("chosen") else "")
-        points.append(Point(x, y, label=name, highlight=bool(c.get("chosen")),
+    for c in report.candidates:
+        x, bs = _smallest_batch_p50(c.p50_ms)
+        y = c.mean_cosine
+        name = (c.name or c.mode or "candidate") + (" (chosen)" if c.chosen else "")
+        points.append(Point(x, y, label=name, highlight=bool(c.chosen),
                             tip=f"{name}: p50 {fmt_num(x)} ms at bs={bs or '?'}, {metric} {fmt_num(y, 6)}"))
     parent = _first_comparison(report)
-    # The unquantized parent is an option too (keep the original): cosine 1 by definition,
-    # accuracy from the report's reference run when the candidates are scored by accuracy.
-    py = num(dig(report, "accuracy", "reference", "top1")) if use_acc else 1.0
-    px = num(parent.get("parent_p50_ms"))
-    if points and px is not None and py is not None:
-        points.append(Point(px, py, label="parent", tip=f"parent (unquantized): p50 {fmt_num(px)} ms, {metric} {fmt_num(py, 6)}"))
-    return points, ("accuracy" if use_acc else "mean cosine to parent")
+    # The unquantized parent is an option too (keep the original): cosine 1 by definition.
+    if points and parent is not None and num(parent.parent_p50_ms) is not None:
+        px = parent.parent_p50_ms
+        points.append(Point(px, 1.0, label="parent", tip=f"parent (unquantized): p50 {fmt_num(px)} ms, {metric} {fmt_num(1.0, 6)}"))
+    return points, "mean cosine to parent"
 
 
-def _compare(report: dict) -> tuple[list[Point], str]:
-    acc = as_dict(report.get("accuracy"))
-    metric = "top1"
-    for v in acc.values():
-        if isinstance(v, dict) and num(v.get("top1")) is None:
-            metric = next((k for k, x in v.items() if num(x) is not None), "top1")
-        break
-    ordered = sorted(rows(report, "points"), key=lambda r: (num(r.get("batch_size")) is None, num(r.get("batch_size")) or 0))
+def _compare(report: r.CompareReport) -> tuple[list[Point], str]:
+    acc = report.accuracy or {}
+    first = next(iter(acc.values()), None)
+    # Older reports give top-1 alone; current ones the whole evaluation, whose first figure is
+    # its sample count (as this chart has always read it).
+    metric = "top1" if first is None or first.top1 is not None else next(
+        (k for k, v in first.model_dump(exclude_none=True).items() if num(v) is not None), "top1")
+    ordered = sorted(report.points, key=lambda x: x.batch_size)
     points = []
     for mid, name in model_labels(report).items():
         entry = acc.get(mid)
-        y = num(entry.get(metric)) if isinstance(entry, dict) else num(entry)
-        p50s = (num(dig(r, "results", mid, "p50_ms")) for r in ordered)
-        x = next((v for v in p50s if v is not None), None)
+        y = num(getattr(entry, metric, None)) if entry else None
+        x = next((x.results[mid].p50_ms for x in ordered if mid in x.results), None)
         points.append(Point(x, y, label=name, tip=f"{name}: p50 {fmt_num(x)} ms, {metric} {fmt_num(y, 6)}"))
     return points, metric
 
 
-def _pipeline(report: dict) -> tuple[list[Point], str]:
+def _pipeline(report: r.PipelineReport) -> tuple[list[Point], str]:
     points, seen = [], set()
-    current = report.get("model_id")
-    for i, step in enumerate(rows(report, "steps"), 1):
-        sub = as_dict(step.get("report"))
+    current = report.model_id
+    for i, step in enumerate(report.steps, 1):
+        sub = step.report
         first = _first_comparison(sub)
-        for who, mid, acc, label in (
-            ("parent", current, dig(sub, "accuracy", "reference", "top1"), f"input {short_id(current)}"),
-            ("result", step.get("output_model_id"), dig(sub, "accuracy", "model", "top1"),
-             f"step {i}: {step.get('technique', '?')}"),
+        acc = getattr(sub, "accuracy", None)
+        acc = acc if isinstance(acc, r.Accuracy) else None
+        for who, mid, y, label in (
+            ("parent", current, _top1(acc.reference) if acc else None, f"input {short_id(current)}"),
+            ("result", step.output_model_id, _top1(acc.model) if acc else None, f"step {i}: {step.technique}"),
         ):
-            x, y = num(first.get(f"{who}_p50_ms")), num(acc)
+            x = getattr(first, f"{who}_p50_ms") if first else None
             key = str(mid) if mid else f"{i}-{who}"
-            if x is not None and y is not None and key not in seen:
+            if num(x) is not None and num(y) is not None and key not in seen:
                 seen.add(key)
                 points.append(Point(x, y, label=label, tip=f"{label}: p50 {fmt_num(x)} ms, top-1 {fmt_num(y, 6)}"))
-        if step.get("output_model_id"):
-            current = step.get("output_model_id")
+        if step.output_model_id:
+            current = step.output_model_id
     return points, "top-1 accuracy"
 
 
-def tradeoff_points(report: dict) -> tuple[list[Point], str]:
+def tradeoff_points(report: BaseModel) -> tuple[list[Point], str]:
     """Points plus the y-axis metric name; empty when the report has nothing to trade off."""
-    report = as_dict(report)
-    if rows(report, "candidates"):
+    if isinstance(report, r.QuantizeAutoReport) and report.candidates:
         pts, metric = _candidates(report)
-    elif rows(report, "points") and as_dict(report.get("accuracy")):
+    elif isinstance(report, r.CompareReport) and report.points and report.accuracy:
         pts, metric = _compare(report)
-    elif rows(report, "steps"):
+    elif isinstance(report, r.PipelineReport) and report.steps:
         pts, metric = _pipeline(report)
     else:
         return [], ""
-    pts = [p for p in pts if p.x is not None and p.y is not None]
+    pts = [p for p in pts if num(p.x) is not None and num(p.y) is not None]
     return (pts, metric) if len(pts) >= 2 else ([], "")

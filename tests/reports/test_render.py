@@ -243,8 +243,38 @@ def test_a_failing_section_costs_that_section_not_the_page(monkeypatch):
 
 
 def test_renderer_is_a_pure_module():
+    # jinja2 is the page's template engine (pure Python, a few ms to import); the rest must stay out.
     code = ("import sys, app.reports.render; heavy = {'fastapi', 'sqlalchemy', 'celery', 'onnx', 'onnxruntime', 'torch', "
-            "'numpy', 'jinja2'}; print(sorted(heavy & set(sys.modules)))")
+            "'numpy'}; print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_stored_reports_are_read_through_their_models():
+    """The page reads the typed model: a part that does not match it (a value of the wrong type,
+    a field an engine of another version wrote) is left out, the rest still renders, and the raw
+    JSON keeps everything."""
+    report = load("benchmark")
+    report["results"][1]["p50_ms"] = "fast"
+    report["results"][2]["from_the_future"] = 1
+    report["memory"]["peak_scope"] = "<b>galaxy</b>"
+    html, page = render(report)
+    assert {c["data-chart"] for c in page.charts()} == {"latency", "throughput"}
+    # The row with a wrong p50 is dropped; the unknown field alone, not its row.
+    assert html.count("<tr><td>") == len(report["results"]) - 1
+    # peak_scope is not one the model knows: shown in the raw JSON only, escaped.
+    assert "<th>rss_before_session_bytes</th>" in html and html.count("galaxy") == 1
+    assert "&lt;b&gt;galaxy&lt;/b&gt;" in html and "<b>galaxy" not in html
+    html, _ = render({"schema_version": 1, "technique": "<i>retired</i>", "x": 1})
+    assert "does not match any report schema" in html and "&lt;i&gt;retired&lt;/i&gt;" in html
+
+
+def test_templates_are_package_data():
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["app.reports"]
+    templates = [p.relative_to(root / "app" / "reports").as_posix() for p in (root / "app/reports/templates").iterdir()]
+    assert templates and all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates)

@@ -17,8 +17,7 @@ from app.engine.data.feeds import FeedSource
 from app.engine.measure.latency import measure_grid, peak_rss_bytes, reset_peak_rss, rss_bytes
 from app.engine.params import MeasureParams
 from app.engine.base import Context, Result, Technique, register
-
-SCHEMA_VERSION = 1
+from app.engine.reports import SCHEMA_VERSION, checked
 
 
 def _field(name: str, value: Any) -> Any:
@@ -135,7 +134,7 @@ class Benchmark(Technique):
             "environment": environment,
             "notes": notes,
         }
-        return Result(report=report)
+        return Result(report=checked(report))
 
 
 def _thread_notes(threads: list[int], environment: dict[str, Any]) -> list[str]:

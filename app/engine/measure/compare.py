@@ -13,9 +13,8 @@ from pydantic import ConfigDict, Field
 from app.engine.data.feeds import FeedSource
 from app.engine.params import MeasureParams, ModelId
 from app.engine.base import Context, Result, Technique, register
+from app.engine.reports import SCHEMA_VERSION, checked
 from app.engine.errors import UnsupportedModel
-
-SCHEMA_VERSION = 1
 
 
 class CompareParams(MeasureParams):
@@ -80,14 +79,14 @@ class Compare(Technique):
                 accuracy[i] = compare_models(paths[i], None if i == own else ctx.model_path, feeds,
                                              samples=params.accuracy_samples, batch_size=32, threads=max(params.threads),
                                              device=ctx.device, progress=lambda f, s: None, strict_labels=False)
-        return Result(report={
+        return Result(report=checked({
             "schema_version": SCHEMA_VERSION, "technique": self.name,
             "models": [{"id": i, "label": "job model" if i == own else i,
                         "size_bytes": paths[i].stat().st_size} for i in ids],
             "points": points, "skipped": skipped, "accuracy": accuracy,
             "inputs": feeds.describe(specs), "environment": describe_environment(), "notes": notes,
             "summary": _summary(ids, points),
-        })
+        }))
 
 
 def _summary(ids: list[str], points: list[dict[str, Any]]) -> str:

@@ -11,8 +11,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from app.engine.base import Context, Params, Result, Technique, register
-
-SCHEMA_VERSION = 1
+from app.engine.reports import SCHEMA_VERSION, checked
 
 
 class EvaluateParams(Params):
@@ -100,4 +99,4 @@ class Evaluate(Technique):
             "device": ctx.device,
             "environment": describe_environment(),
         }
-        return Result(report=report)
+        return Result(report=checked(report))

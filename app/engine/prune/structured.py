@@ -13,10 +13,9 @@ from pydantic import ConfigDict, Field
 
 from app.engine.params import MeasureParams, Name
 from app.engine.base import Context, Result, Technique, register
+from app.engine.reports import SCHEMA_VERSION, checked
 from app.engine.errors import DatasetMismatch
 from app.engine.pytorch.params import KDParams, TrainingParams
-
-SCHEMA_VERSION = 1
 
 
 class FineTune(TrainingParams, KDParams):
@@ -145,7 +144,7 @@ class PruneStructured(Technique):
             "verdict": tr.verdict(parent, result, measured),
             "environment": tr.environment(), "notes": notes,
         }
-        return Result(report=report, output_path=output)
+        return Result(report=checked(report), output_path=output)
 
 
 def _shapes(before, after) -> dict[str, dict[str, list[int]]]:

@@ -15,9 +15,9 @@ from pydantic import ConfigDict, Field
 
 from app.engine.params import MeasureParams, Name
 from app.engine.base import Context, Result, Technique, register
+from app.engine.reports import SCHEMA_VERSION, checked
 from app.engine.errors import UnsupportedModel
 
-SCHEMA_VERSION = 1
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> weight input index
 
 
@@ -122,7 +122,7 @@ class PruneUnstructured(Technique):
                             f"(zip) size x{ratio:.2f}. Use prune.structured for speed.")},
             "environment": tr.environment(), "notes": [],
         }
-        return Result(report=report, output_path=output)
+        return Result(report=checked(report), output_path=output)
 
 
 def _zip_size(path) -> int:

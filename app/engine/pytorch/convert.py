@@ -14,9 +14,8 @@ from __future__ import annotations
 from pydantic import ConfigDict, Field
 
 from app.engine.base import Context, Params, Result, Technique, register
+from app.engine.reports import SCHEMA_VERSION, checked
 from app.engine.errors import UnsupportedModel
-
-SCHEMA_VERSION = 1
 
 
 class ConvertOnnxParams(Params):
@@ -61,7 +60,7 @@ class ConvertOnnx(Technique):
         (box / "model.onnx").rename(output)
         shutil.rmtree(box, ignore_errors=True)
         report["parent"]["size_bytes"] = ctx.model_path.stat().st_size
-        return Result(report=report, output_path=output)
+        return Result(report=checked(report), output_path=output)
 
 
 def _convert(source: str, target: str, opset: int, atol: float, device: str, confinement: dict) -> dict:

@@ -14,10 +14,9 @@ from pydantic import ConfigDict, Field, model_validator
 
 from app.engine.params import MeasureParams
 from app.engine.base import Context, Params, Result, Technique, register
+from app.engine.reports import SCHEMA_VERSION, checked
 from app.engine.errors import DatasetMismatch, UnsupportedModel
 from app.engine.pytorch.params import KDParams, TrainingParams
-
-SCHEMA_VERSION = 1
 
 
 class Student(Params):
@@ -151,7 +150,7 @@ class Distill(Technique):
             **measured, "verdict": tr.verdict(parent, result, measured),
             "environment": tr.environment(), "notes": notes,
         }
-        return Result(report=report, output_path=output)
+        return Result(report=checked(report), output_path=output)
 
 
 def _accuracy(module, data) -> float | None:

@@ -17,8 +17,7 @@ from app.engine.measure.fidelity import worst_cosine, worst_mean_cosine
 from app.engine.measure.latency import measure_grid
 from app.engine.quantize.params import QuantParams
 from app.engine.base import Context
-
-SCHEMA_VERSION = 1
+from app.engine.reports import SCHEMA_VERSION, checked
 
 
 def evaluate_result(ctx: Context, params: QuantParams, output: Path, feeds: FeedSource,
@@ -136,4 +135,4 @@ def build_report(ctx: Context, params: QuantParams, *, technique: str, output: P
         "notes": [n for n in notes if n],
         **(extra or {}),
     }
-    return report
+    return checked(report)

@@ -1,0 +1,641 @@
+"""Every job report's shape, typed: one model per technique, the pipeline report, and the
+union of them all discriminated by ``technique``, under ONE ``SCHEMA_VERSION``.
+
+Techniques build their report as JSON-ready data and pass it through ``checked`` at the end of
+``run()``: what a job stores is exactly what it stored before, now known to match its model.
+The API imports this module for its OpenAPI schema and the HTML page parses stored reports
+into these models, so it imports pydantic and the standard library only.
+
+Fields a report written by an older engine lacks are optional (``None``); a field the engine
+sometimes leaves out is optional too. Models refuse unknown fields, so a technique that starts
+writing a new field must describe it here (the engine tests validate every technique's real
+output). Bump ``SCHEMA_VERSION`` only for a change a reader of stored reports must know about.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+Device = Literal["cpu", "gpu"]
+Dim = Union[int, str, None]
+
+
+class Part(BaseModel):
+    """Base of every report model: unknown fields refused (the schema says all there is)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- shared pieces --------------------------------------------------------------------------
+
+class Environment(Part):
+    """Where a measurement ran (``app.engine.runtime.environment.describe_environment``)."""
+
+    cpu_model: str | None = None
+    cpu_features: list[str] = []
+    logical_cores: int | None = None
+    usable_cores: int | None = None
+    cgroup_cpu_limit: float | None = None
+    total_memory_bytes: int | None = None
+    os: str | None = None
+    python: str | None = None
+    onnxruntime: str | None = None
+    onnx: str | None = None
+    numpy: str | None = None
+    available_providers: list[str] = []
+    torch: str | None = Field(default=None, description="torch techniques only.")
+
+
+class ValueSpec(Part):
+    """A model input or output: ``shape`` holds ints, symbolic names, or null (unknown)."""
+
+    name: str
+    shape: list[Dim] | None = None
+    dtype: str
+
+
+class Inputs(Part):
+    """Where the measured inputs came from and how symbolic dimensions resolved."""
+
+    source: Literal["dataset", "generated"]
+    specs: list[ValueSpec] = []
+    dataset_samples: int | None = None
+    dims: dict[str, int] | None = None
+
+
+class Skipped(Part):
+    batch_size: int
+    reason: str
+
+
+class Latency(Part):
+    """One model timed at one point (``app.engine.measure.latency``)."""
+
+    batch_size: int | None = None
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    runs: int | None = None
+    ci_rel_half_width: float | None = Field(
+        default=None, description="Relative half-width of the 95% interval of p50.")
+    throughput_items_per_s: float | None = None
+    warmup_runs: int | None = None
+    budget_exhausted: bool | None = None
+    noisy: bool | None = None
+    session_create_ms: float | None = None
+
+
+class ComparePoint(Part):
+    """Parent vs result timed back to back at one point (``quantize.report.compare_point``)."""
+
+    batch_size: int
+    threads: int
+    parent_p50_ms: float
+    result_p50_ms: float
+    speedup: float = Field(description="parent p50 / result p50: above 1 is faster.")
+    parent_p90_ms: float | None = None
+    result_p90_ms: float | None = None
+    parent_runs: int | None = None
+    result_runs: int | None = None
+    input_shapes: dict[str, list[int]] = {}
+
+
+class OutputFidelity(Part):
+    """One output of the result against the same output of the reference."""
+
+    samples: int
+    error: str | None = None
+    exact_match: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    top1_agreement: float | None = None
+    nearest_neighbour_agreement: float | None = None
+    nearest_neighbour_samples: int | None = None
+    non_finite_samples: int | None = None
+
+
+class Fidelity(Part):
+    source: Literal["dataset", "generated"] | None = None
+    samples: int | None = None
+    outputs: dict[str, OutputFidelity] = {}
+
+
+class Scores(Part):
+    samples: int
+    top1: float | None = None
+    top5: float | None = None
+    mse: float | None = None
+    mae: float | None = None
+
+
+class Accuracy(Part):
+    """Scores against the dataset's labels; ``error`` alone when labels could not be used."""
+
+    error: str | None = None
+    task: str | None = None
+    output: str | None = None
+    model: Scores | None = None
+    reference: Scores | None = None
+    drop: float | None = Field(default=None, description=(
+        "classification: top-1 points lost; regression: MSE increase in percent."))
+
+
+class SizeCount(Part):
+    size_bytes: int | None = None
+    parameter_count: int | None = None
+
+
+class Verdict(Part):
+    """Only what was measured: ``faster`` needs every point faster."""
+
+    faster: bool | None = None
+    smaller: bool | None = None
+    within_tolerance: bool | None = None
+    smaller_compressed: bool | None = None
+    min_speedup: float | None = None
+    max_speedup: float | None = None
+    reasons: list[str] = []
+    summary: str | None = None
+
+
+class Report(Part):
+    """Fields every report has."""
+
+    schema_version: int = SCHEMA_VERSION
+    technique: str
+
+
+# --- measure --------------------------------------------------------------------------------
+
+class ModelStats(Part):
+    size_bytes: int | None = None
+    parameter_count: int | None = None
+    opset: int | None = None
+
+
+class BenchmarkPoint(Latency):
+    threads: int
+    provider: str | None = None
+    input_shapes: dict[str, list[int]] = {}
+
+
+class Memory(Part):
+    rss_before_session_bytes: int | None = None
+    rss_after_runs_bytes: int | None = None
+    process_peak_rss_bytes: int | None = None
+    peak_scope: Literal["job", "process_lifetime"] | None = None
+
+
+class Sla(Part):
+    max_latency_ms: float | None = None
+    min_throughput: float | None = None
+    latency_stat: str = "p99"
+
+
+class BestPoint(Part):
+    batch_size: int
+    threads: int
+    provider: str | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    throughput_items_per_s: float | None = None
+
+
+class Recommendation(Part):
+    sla: Sla
+    best: BestPoint | None = None
+    reason: str | None = None
+
+
+class BenchmarkReport(Report):
+    technique: Literal["benchmark"]
+    model: ModelStats | None = None
+    device: Device | None = None
+    provider: str | None = None
+    results: list[BenchmarkPoint]
+    skipped: list[Skipped] = []
+    noisy_points: int | None = None
+    recommendation: Recommendation | None = None
+    session_create_ms: float | None = None
+    memory: Memory | None = None
+    inputs: Inputs | None = None
+    environment: Environment | None = None
+    notes: list[str] = []
+
+
+class ComparedModel(Part):
+    id: str
+    label: str | None = None
+    size_bytes: int | None = None
+
+
+class ComparedPoint(Part):
+    batch_size: int
+    threads: int
+    provider: str | None = None
+    results: dict[str, Latency] = Field(description="Timings by model id.")
+    ratios: dict[str, float] = Field(default={}, description="p50 / the job model's p50, by model id.")
+
+
+class Evaluation(Part):
+    """One model's accuracy (and fidelity to the job's model), as ``compare_models`` returns."""
+
+    source: Literal["dataset", "generated"] | None = None
+    samples: int | None = None
+    fidelity: Fidelity | None = None
+    accuracy: Accuracy | None = None
+    top1: float | None = Field(default=None, description="Reports of older engines: top-1 alone.")
+
+
+class CompareReport(Report):
+    technique: Literal["compare"]
+    models: list[ComparedModel]
+    points: list[ComparedPoint]
+    skipped: list[Skipped] = []
+    accuracy: dict[str, Evaluation] | None = Field(default=None, description="By model id, with a dataset.")
+    inputs: Inputs | None = None
+    environment: Environment | None = None
+    notes: list[str] = []
+    summary: str | None = None
+
+
+class Reference(Part):
+    source: Literal["reference_model_id", "parent"]
+    model_id: str | None = None
+
+
+class EvaluateReport(Report):
+    technique: Literal["evaluate"]
+    samples: int
+    accuracy: Accuracy | None = None
+    reference: Reference | None = None
+    fidelity: Fidelity | None = None
+    device: Device | None = None
+    environment: Environment | None = None
+
+
+# --- quantize -------------------------------------------------------------------------------
+
+class Opset(Part):
+    original: int
+    used: int
+
+
+class Quantization(Part):
+    """What the quantizer was asked to do; which fields appear depends on the technique."""
+
+    mode: str | None = None
+    format: str | None = None
+    calibration: str | None = None
+    calibration_samples: int | None = None
+    weight_type: str | None = None
+    activation_type: str | None = None
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    op_types: list[str] | None = None
+    keep_io_types: bool | None = None
+    block_size: int | None = None
+    symmetric: bool | None = None
+    accuracy_level: int | None = None
+    gather_quantized: bool | None = None
+    float_layers: list[str] | None = None
+    preprocess: str | None = None
+    opset: Opset | None = None
+    excluded_nodes: list[str] = []
+    excluded_op_types: list[str] | None = None
+
+
+class Nodes(Part):
+    """Node counts: what could be quantized, what was, what stayed float."""
+
+    parent_total: int
+    result_total: int
+    candidates_in_parent: dict[str, int] = {}
+    quantized_ops: dict[str, int] = {}
+    float_compute_left: dict[str, int] = {}
+    qdq_compute: int = 0
+    quantized_nodes_added: int | None = None
+    compute_quantized: int | None = None
+    compute_total: int | None = None
+
+
+class Tolerance(Part):
+    min_cosine: float | None = None
+    max_accuracy_drop: float | None = None
+    mean_cosine: float | None = None
+    accuracy_drop: float | None = None
+    within: bool | None = None
+
+
+class QuantizeReport(Report):
+    """quantize.dynamic / static / fp16 / int4: parent vs result measured in the same run."""
+
+    technique: Literal["quantize.dynamic", "quantize.static", "quantize.fp16", "quantize.int4"]
+    parent: SizeCount
+    result: SizeCount
+    size_ratio: float
+    quantization: Quantization
+    nodes: Nodes | None = None
+    runtime_ops: dict[str, int] | None = Field(default=None, description=(
+        "Op types of the graph onnxruntime runs after its fusions; null if it could not be saved."))
+    device: Device | None = None
+    provider: str | None = None
+    comparison: list[ComparePoint]
+    skipped: list[Skipped] = []
+    fidelity: Fidelity | None = None
+    accuracy: Accuracy | None = None
+    tolerance: Tolerance | None = None
+    verdict: Verdict
+    inputs: Inputs | None = None
+    environment: Environment | None = None
+    notes: list[str] = []
+
+
+class LayerSensitivity(Part):
+    layer: str
+    op_type: str | None = None
+    error: float | None = None
+    mean_cosine: float | None = None
+    accuracy_drop: float | None = None
+
+
+class Sensitivity(Part):
+    mode: str | None = None
+    per_channel: bool | None = None
+    samples: int | None = None
+    metric: str | None = None
+    layers: list[LayerSensitivity] = []
+    other_modes: dict[str, list[LayerSensitivity]] = {}
+
+
+class Candidate(Part):
+    """One quantize.auto variant at one number of float layers."""
+
+    name: str
+    mode: str | None = None
+    per_channel: bool | None = None
+    float_layers: int | None = None
+    mean_cosine: float | None = None
+    accuracy_drop: float | None = None
+    error: float | None = None
+    meets_tolerance: bool | None = None
+    timed: bool | None = None
+    chosen: bool | None = None
+    size_bytes: int | None = None
+    geomean_speedup: float | None = None
+    p50_ms: dict[str, float] = Field(default={}, description="p50 by batch size (JSON keys are strings).")
+
+
+class QuantizeAutoReport(QuantizeReport):
+    technique: Literal["quantize.auto"]  # type: ignore[assignment]
+    sensitivity: Sensitivity | None = None
+    candidates: list[Candidate] = []
+
+
+# --- torch techniques -----------------------------------------------------------------------
+
+class TorchStats(Part):
+    parameter_count: int | None = None
+    macs: int | None = None
+    size_bytes: int | None = None
+    nonzero_parameters: int | None = None
+    zip_size_bytes: int | None = None
+
+
+class CheckedBatch(Part):
+    batch_size: int
+    output_shapes: list[list[int]]
+
+
+class Verification(Part):
+    """The result loaded and ran in onnxruntime with the parent's output names and shapes."""
+
+    onnxruntime_loaded: bool
+    output_shapes_match_parent: bool | None = None
+    checked: list[CheckedBatch] = []
+
+
+class Epoch(Part):
+    epoch: int
+    lr: float
+    train_loss: float
+    train_accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+
+class LrPoint(Part):
+    lr: float
+    loss: float
+
+
+class LrRangeTest(Part):
+    chosen_lr: float
+    rule: str
+    curve: list[LrPoint] = []
+
+
+class Training(Part):
+    optimizer: str
+    batch_size: int
+    epochs_max: int
+    processes: int
+    device: str
+    train_samples: int
+    val_samples: int
+    lr_range_test: LrRangeTest | None = None
+    lr: float
+    ranks_identical: bool | None = None
+    epochs: list[Epoch] = []
+    best_epoch: int | None = None
+    stopped_early_at_epoch: int | None = None
+    restored_best_weights: bool | None = None
+    student_accuracy_before_training: float | None = None
+
+
+class TorchReport(Report):
+    """What ``app.engine.pytorch.report.compare`` measured, shared by the torch techniques."""
+
+    parent: TorchStats
+    result: TorchStats
+    verification: Verification
+    device: Device | None = None
+    latency: list[ComparePoint] = []
+    provider: str | None = None
+    skipped: list[Skipped] = []
+    accuracy: Accuracy | None = None
+    fidelity: Fidelity | None = None
+    inputs: Inputs | None = None
+    verdict: Verdict
+    environment: Environment | None = None
+    notes: list[str] = []
+
+
+class LayerShapes(Part):
+    before: list[int]
+    after: list[int] | None = None
+
+
+class StructuredPruning(Part):
+    ratio: float
+    importance: str
+    round_to: int | None = None
+    protected_layers: list[str] = []
+    pruned_layers: list[str] = []
+    layer_shapes: dict[str, LayerShapes] = {}
+
+
+class PruneStructuredReport(TorchReport):
+    technique: Literal["prune.structured"]
+    pruning: StructuredPruning
+    training: Training | None = None
+
+
+class LayerSparsity(Part):
+    weight: str
+    elements: int
+    parent_zeros: float
+    sparsity: float
+
+
+class Sparsity(Part):
+    target: float
+    scope: str
+    achieved: float
+    layers: list[LayerSparsity] = []
+
+
+class PruneUnstructuredReport(TorchReport):
+    technique: Literal["prune.unstructured"]
+    sparsity: Sparsity
+
+
+class StudentPruning(Part):
+    protected_layers: list[str] = []
+    pruned_layers: list[str] = []
+
+
+class StudentInfo(Part):
+    kind: Literal["pruned_teacher", "uploaded"]
+    pruned_ratio: float | None = None
+    model_id: str | None = None
+    pruning: StudentPruning | None = None
+    source_size_bytes: int | None = None
+
+
+class Loss(Part):
+    temperature: float
+    alpha: float
+    formula: str
+
+
+class DistillReport(TorchReport):
+    technique: Literal["distill"]
+    student: StudentInfo
+    loss: Loss
+    training: Training | None = None
+
+
+class ConvertParent(Part):
+    format: str
+    size_bytes: int | None = None
+
+
+class ConvertResult(Part):
+    format: str
+    size_bytes: int
+    opset: int
+    inputs: list[ValueSpec] = []
+    outputs: list[ValueSpec] = []
+
+
+class ConvertVerification(Part):
+    onnxruntime_loaded: bool
+    output_shapes: list[list[int]] = []
+    output_shapes_match_program: bool
+    max_abs_error: float
+    generated_input_shapes: list[list[int]] = []
+
+
+class Sandbox(Part):
+    """What confinement the conversion's child process actually got."""
+
+    network_isolated: bool
+    read_only_filesystem: bool
+    capabilities_dropped: bool
+    user: str
+
+
+class ConvertOnnxReport(Report):
+    technique: Literal["convert.onnx"]
+    parent: ConvertParent
+    result: ConvertResult
+    verification: ConvertVerification
+    symbolic_batch: bool
+    torch: str | None = None
+    notes: list[str] = []
+    sandbox: Sandbox | None = None
+
+
+# --- pipeline and the union -----------------------------------------------------------------
+
+class PipelineStep(Part):
+    technique: str
+    params: dict[str, Any] = {}
+    output_model_id: str | None = Field(default=None, description="The model this step produced, if any.")
+    report: TechniqueReport | None = None
+
+
+class PipelineReport(Report):
+    """A job of several steps: each step's own report, in order, each step fed the one before's
+    output model."""
+
+    technique: Literal["pipeline"]
+    model_id: str | None = Field(default=None, description="The job's input model.")
+    output_model_id: str | None = Field(default=None, description="The last model a step produced.")
+    steps: list[PipelineStep]
+
+
+TechniqueReport = Annotated[
+    Union[BenchmarkReport, CompareReport, EvaluateReport, QuantizeReport, QuantizeAutoReport,
+          PruneStructuredReport, PruneUnstructuredReport, DistillReport, ConvertOnnxReport],
+    Field(discriminator="technique"),
+]
+"""The report of one technique."""
+
+AnyReport = Annotated[Union[TechniqueReport, PipelineReport], Field(discriminator="technique")]
+"""What ``GET /v1/jobs/{id}/report`` returns: a technique's report or a pipeline's."""
+
+PipelineStep.model_rebuild()
+PipelineReport.model_rebuild()
+REPORTS: TypeAdapter[Any] = TypeAdapter(AnyReport)
+
+
+def pipeline_report(model_id: str | None, output_model_id: str | None,
+                    steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of a pipeline job, checked. ``steps``: one ``{"technique", "params",
+    "output_model_id", "report"}`` per step, in order (``report``: the step's own report)."""
+    return checked({"schema_version": SCHEMA_VERSION, "technique": "pipeline", "model_id": model_id,
+                    "output_model_id": output_model_id, "steps": steps})
+
+
+def checked(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` unchanged, after checking it matches its technique's model (raises
+    pydantic.ValidationError otherwise: an engine bug, never the user's input)."""
+    REPORTS.validate_python(report)
+    return report
+
+
+def parse(report: Any) -> BaseModel:
+    """A stored report as its model (raises pydantic.ValidationError when it does not match)."""
+    return REPORTS.validate_python(report)
