@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from app.engine.base import Context, Params, Result, Technique
 from app.engine.catalog import all_techniques
 from app.engine.errors import InvalidParams
+from app.engine.reports import pipeline_report
 from app.engine.pytorch.loading import is_pt2
 from app.engine.runtime.isolate import run_bounded
 from app.engine.runtime.sessions import probe_session
@@ -165,5 +166,4 @@ def report(plan: list[Step], results: list[Result], model_id: str | None,
     steps = [{"technique": step.name, "params": step.params.model_dump(mode="json"), "output_model_id": produced,
               "report": result.report} for step, result, produced in zip(plan, results, output_ids)]
     final = next((o for o in reversed(output_ids) if o is not None), None)
-    return {"schema_version": 1, "technique": PIPELINE, "model_id": model_id, "output_model_id": final,
-            "steps": steps}
+    return pipeline_report(model_id, final, steps)

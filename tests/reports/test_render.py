@@ -274,7 +274,7 @@ def test_templates_are_package_data():
     import fnmatch
     import tomllib
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["app.reports"]
     templates = [p.relative_to(root / "app" / "reports").as_posix() for p in (root / "app/reports/templates").iterdir()]
     assert templates and all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates)
