@@ -100,8 +100,8 @@ def _digits_train(tmp: Path) -> Path:
 
 def _print_cnn(client, report: dict, rows, stats: dict, how: str, channels: int) -> None:
     point = next(p for p in report["points"] if p["batch_size"] == 32)
-    ids = ["job-model", *[i for _, i in rows[1:]]]
-    base = point["results"]["job-model"]["p50_ms"]
+    ids = [i for _, i in rows]  # compare names every model by its id, the job's own included
+    base = point["results"][ids[0]]["p50_ms"]
     print(f"\n(a) residual CNN ({channels} ch) on digits; p50 at batch 32, 1 thread, one compare job; "
           f"pipeline ran as {how}")
     head = f"{'model':34} {'params':>8} {'MACs':>10} {'size KB':>8} {'p50 ms':>8} {'speedup':>8} {'top-1':>7}"
