@@ -37,6 +37,11 @@ class Service:
         engine.dispose()
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the API processes' log (tests.support.deploy writes it), for failure messages."""
+        log = self.settings.resolved_data_dir / "api.log"
+        return log.read_text(errors="replace")[-chars:] if log.exists() else "(no api.log)"
+
     def blobs(self) -> list[Path]:
         """Every file in the artifact folder, staging included."""
         return sorted(p for p in self.settings.artifact_root.rglob("*") if p.is_file())
@@ -114,7 +119,7 @@ def test_job_cap_holds_under_parallel_requests(service):
     job = lambda: c.post("/v1/jobs", json={"model_id": model, "technique": "benchmark", "params": QUICK_JOB})  # noqa: E731
     answers = parallel([job] * (2 * cap))
     codes = Counter(r.status_code for r in answers)
-    assert codes == {202: cap, 429: cap}, codes
+    assert codes == {202: cap, 429: cap}, f"{codes}\n{service.log_tail()}"
     assert all(r.headers["content-type"] == PROBLEM and r.headers["retry-after"] for r in answers if r.status_code == 429)
     assert len(c.get("/v1/jobs", params={"limit": 200}).json()["items"]) == cap
 

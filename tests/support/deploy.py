@@ -59,11 +59,12 @@ def deployment(kind: str, data_dir: Path, workers: int = 1, api_processes: int =
         key = subprocess.run([py, "-m", "app.cli", "keys", "create", "--tenant", "bench"], env=env, cwd=ROOT,
                              check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         port = _free_port()
+        # Each process's output goes to a log in the data dir: a failing test or benchmark can say why.
+        logs = [open(data_dir / f"{name}.log", "ab") for name in ["api", *(f"worker-{i}" for i in range(workers))]]
         procs = [subprocess.Popen([py, "-m", "app.cli", "api", "--port", str(port), "--processes", str(api_processes)],
-                                  env=env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                                  env=env, cwd=ROOT, stdout=logs[0], stderr=subprocess.STDOUT)]
         procs += [subprocess.Popen([py, "-m", "app.cli", "worker", "--queues", "cpu"], env=env, cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+                                   stdout=log, stderr=subprocess.STDOUT) for log in logs[1:]]
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=60)
         try:
             for _ in range(300):
@@ -83,6 +84,8 @@ def deployment(kind: str, data_dir: Path, workers: int = 1, api_processes: int =
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            for log in logs:
+                log.close()
 
 
 @contextmanager
