@@ -313,6 +313,8 @@ class Quantization(Part):
     opset: Opset | None = None
     excluded_nodes: list[str] = []
     excluded_op_types: list[str] | None = None
+    # Nodes left float because calibration saw attention-mask values (-inf / finfo.min) there.
+    mask_nodes: list[str] | None = None
 
 
 class Nodes(Part):

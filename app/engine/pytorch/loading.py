@@ -42,7 +42,7 @@ def import_onnx2torch() -> Any:
     if "onnx2torch" in sys.modules or importlib.util.find_spec("torchvision") is not None:
         import onnx2torch
 
-        return onnx2torch
+        return _with_transformer_ops(onnx2torch)
     missing = "this operator needs torchvision, which this worker does not have"
 
     def unavailable(*_a: Any, **_k: Any) -> Any:
@@ -61,6 +61,13 @@ def import_onnx2torch() -> Any:
                 sys.modules.pop(key, None)
             else:
                 sys.modules[key] = value
+    return _with_transformer_ops(onnx2torch)
+
+
+def _with_transformer_ops(onnx2torch: Any) -> Any:
+    from app.engine.pytorch import onnx_ops
+
+    onnx_ops.register()
     return onnx2torch
 
 

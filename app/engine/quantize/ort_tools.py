@@ -97,10 +97,11 @@ def _quantize_dynamic(src: Path, dst: Path, *, op_types: list[str] | None, per_c
                      weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
 
 
-def run_quantizer(stage: Staged, dst: Path, what: str, advice: str, fn, *args, **kw) -> None:
-    """``fn(*args, **kw)``, a module-level function writing ``dst``, in a killable child."""
+def run_quantizer(stage: Staged, dst: Path, what: str, advice: str, fn, *args, **kw):
+    """``fn(*args, **kw)``, a module-level function writing ``dst``, in a killable child;
+    returns what it returns."""
     try:
-        stage.run(fn, *args, step=f"onnxruntime's {what} quantizer", **kw)
+        return stage.run(fn, *args, step=f"onnxruntime's {what} quantizer", **kw)
     except TechniqueError:
         dst.unlink(missing_ok=True)
         raise

@@ -114,7 +114,7 @@ class QuantizeStatic(Technique):
                     deadline_s=ctx.native_step_timeout_s) as stage:
             exclude = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
                                          params.exclude_op_types)
-            static(stage, output, reader=calibration_reader(feeds, specs, params.samples),
+            mask_nodes = static(stage, output, reader=calibration_reader(feeds, specs, params.samples),
                    calibration=params.calibration, per_channel=params.per_channel,
                    fmt=params.format, activation_type=params.activation_type,
                    weight_type="int8", reduce_range=params.reduce_range,
@@ -128,9 +128,12 @@ class QuantizeStatic(Technique):
             "per_channel": params.per_channel, "reduce_range": params.reduce_range,
             "activation_type": params.activation_type, "weight_type": "int8",
             "op_types": looked_for, "preprocess": stage.preprocess, "opset": stage.opset,
-            "excluded_nodes": exclude,
+            "excluded_nodes": exclude, "mask_nodes": mask_nodes,
         }
         notes = []
+        if mask_nodes:
+            notes.append(f"{len(mask_nodes)} nodes around attention masks (values of -inf or "
+                         "float32's lowest) stay float: quantizing them would clip the mask")
         if params.activation_type == "int8":
             notes.append("int8 activations: onnxruntime's x86 CPU kernels do not fuse int8 "
                          "Q/DQ pairs; expect it slower than activation_type=uint8")
