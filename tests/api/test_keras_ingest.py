@@ -15,7 +15,7 @@ HOSTILE = [*hostile_edits("x"), "Lambda bytecode (.keras)", "Lambda bytecode (.h
 
 
 def test_keras_models_convert_and_quantize(api, deployment, keras_files):
-    if deployment.kind != "embedded":
+    if deployment.name != "embedded":
         pytest.skip("conversion does not depend on the database; one deployment keeps the slice short")
     uploaded = {}
     for name in UPLOADS:
