@@ -18,7 +18,7 @@ def model_record(tenant_id: str, name: str, staged: Staged, uri: str, info: dict
     return ModelRecord(
         tenant_id=tenant_id, name=name, format=info["format"], size_bytes=staged.size, sha256=staged.sha256,
         uri=uri, inputs=info["inputs"], outputs=info["outputs"], parameter_count=info["parameter_count"],
-        meta={k: info[k] for k in ("opset", "producer", "ir_version", "tensors_checked") if k in info}, **lineage,
+        meta={k: info[k] for k in ("opset", "producer", "ir_version", "tensors_checked", "keras_file") if k in info}, **lineage,
     )
 
 

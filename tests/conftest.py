@@ -173,3 +173,14 @@ def cnn_pt2(tmp_path_factory):
     path = tmp_path_factory.mktemp("pt2") / "cnn.pt2"
     torch.export.save(program, str(path))
     return path, model
+
+
+@pytest.fixture(scope="session")
+def keras_files(tmp_path_factory) -> dict[str, Path]:
+    """cnn/mlp/block (and a hostile Lambda) saved by Keras as .keras and .h5, built in a subprocess
+    (tests.support.keras_models); the Lambda's payload would create ``keras_files["marker"]``."""
+    from tests.support.keras_models import build
+
+    root = tmp_path_factory.mktemp("keras")
+    marker = root / "lambda-payload-ran"
+    return {**build(root / "models", marker), "marker": marker}

@@ -122,7 +122,9 @@ def _finish(s, job_id: str, loaded: Loaded, results: list[Result]) -> None:
         return  # cancelled while finishing: keep no output
     store = _resources()[2]
     current = s.get(ModelRecord, job.model_id)
-    stem = loaded.model_name.removesuffix(".onnx").removesuffix(".pt2")
+    stem = loaded.model_name
+    for suffix in (".onnx", ".pt2", ".keras", ".h5"):
+        stem = stem.removesuffix(suffix)
     output_ids: list[str | None] = []
     for step, result in zip(loaded.steps, results):
         if result.output_path is None:

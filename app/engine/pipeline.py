@@ -24,6 +24,7 @@ from app.engine.catalog import all_techniques
 from app.engine.errors import InvalidParams
 from app.engine.reports import pipeline_report
 from app.engine.pytorch.loading import is_pt2
+from app.engine.runtime.keras_archive import sniff as keras_kind
 from app.engine.runtime.isolate import run_bounded
 from app.engine.runtime.sessions import probe_session
 
@@ -135,7 +136,7 @@ def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float
     hostile graph can keep busy); later steps read models this pipeline wrote."""
     results: list[Result] = []
     model_path, parent_path = ctx.model_path, ctx.parent_path
-    if not is_pt2(model_path):
+    if not is_pt2(model_path) and keras_kind(model_path) is None:  # ONNX: .pt2 and Keras go to convert.onnx
         progress(0.0, "loading")
         run_bounded(probe_session, str(model_path), deadline_s=ctx.native_step_timeout_s,
                     step="onnxruntime session creation", cwd=workdir)

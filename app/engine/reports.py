@@ -551,6 +551,8 @@ class DistillReport(TorchReport):
 class ConvertParent(Part):
     format: str
     size_bytes: int | None = None
+    keras_classes: list[str] | None = Field(
+        default=None, description="Keras models: every class the checked config names (all on the allow-list).")
 
 
 class ConvertResult(Part):
@@ -576,6 +578,8 @@ class Sandbox(Part):
     read_only_filesystem: bool
     capabilities_dropped: bool
     user: str
+    limits: dict[str, int] | None = Field(
+        default=None, description="Resource limits set in the child (file size, address space, CPU seconds).")
 
 
 class ConvertOnnxReport(Report):
@@ -585,6 +589,7 @@ class ConvertOnnxReport(Report):
     verification: ConvertVerification
     symbolic_batch: bool
     torch: str | None = None
+    keras: str | None = Field(default=None, description="Keras models: the Keras version that loaded it.")
     notes: list[str] = []
     sandbox: Sandbox | None = None
 

@@ -105,7 +105,7 @@ def report(session: Session, tenant: Tenant, job_id: str) -> dict:
 
 
 def queue_conversion(session: Session, celery: Celery, settings: Settings, tenant: Tenant, model_id: str) -> dict:
-    """A .pt2 upload gets an ONNX child so every ONNX technique applies. Returns what to note in
+    """A .pt2 or Keras upload gets an ONNX child so every ONNX technique applies. Returns what to note in
     the model's meta (the job id, or why none was queued: the upload itself still succeeds)."""
     try:
         job = create(session, celery, settings, tenant, JobCreate(model_id=model_id, technique="convert.onnx"))

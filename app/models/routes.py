@@ -29,13 +29,15 @@ ERRORS = {
 @router.post("", status_code=201, response_model=ModelOut, responses={
     413: {"description": "Larger than `LATHE_MAX_MODEL_BYTES`."},
     415: {"description": "Not a format Lathe accepts (pickles are always refused)."},
-    422: {"description": "Looks like ONNX but fails `onnx.checker`, or uses external data."},
+    422: {"description": "Looks like ONNX but fails `onnx.checker`, or uses external data; a Keras model naming "
+                        "a class outside the allow-list; a weights-only .h5 or a SavedModel."},
     **ERRORS,
 })
 def upload_model(
     tenant: TenantDep, session: SessionDep, store: StoreDep, settings: SettingsDep, celery: CeleryDep,
     file: Annotated[UploadFile, File(description="The model file, format detected by content: ONNX, or a torch.export "
-                                                 "program (.pt2), which gets an ONNX child from an automatic convert.onnx job.")],
+                                                 "program (.pt2) or a Keras model (.keras, full-model .h5), which get an ONNX child from an "
+                                                 "automatic convert.onnx job.")],
     name: Annotated[str | None, Form(max_length=255, examples=["resnet-digits"])] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
@@ -44,7 +46,7 @@ def upload_model(
                                     lambda: upload_fingerprint(file, name), ModelRecord):
         return cached
     record = service.upload(session, store, settings, tenant, file, name)
-    if record.format == "pt2":
+    if record.format in ("pt2", "keras"):
         record.meta = {**record.meta, **queue_conversion(session, celery, settings, tenant, record.id)}
     idempotency.remember(session, tenant.id, idempotency_key, ROUTE_CREATE, upload_fingerprint(file, name, record.sha256),
                          201, ModelOut.model_validate(record))
@@ -71,7 +73,7 @@ def get_model(model_id: str, tenant: TenantDep, session: SessionDep) -> ModelRec
 })
 def download_model(model_id: str, request: Request, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
     record = get_owned(session, ModelRecord, tenant.id, model_id, "model")
-    suffix = {"onnx": ".onnx", "pt2": ".pt2"}.get(record.format, "")
+    suffix = {"onnx": ".onnx", "pt2": ".pt2", "keras": f".{record.meta.get('keras_file', 'keras')}"}.get(record.format, "")
     filename = record.name if record.name.endswith(suffix) else f"{record.name}{suffix}"
     return file_response(request, store.path(record.uri), record.sha256, filename, "application/octet-stream")
 

@@ -1,5 +1,6 @@
-"""Technique ``convert.onnx``: a torch.export (.pt2) model → an ONNX child, so that every ONNX
-technique applies to it.
+"""Technique ``convert.onnx``: a torch.export (.pt2) program or a Keras model (.keras / .h5)
+→ an ONNX child, so that every ONNX technique applies to it. Keras models go through
+``app.engine.pytorch.keras_export`` in the same confined, bounded child.
 
 The archive is checked again here (the API checked it at upload) and the program built from its
 checked parts, never with ``torch.export.load`` (see ``app.engine.runtime.pt2_archive``). It is
@@ -33,8 +34,9 @@ class ConvertOnnxParams(Params):
 class ConvertOnnx(Technique):
     name = "convert.onnx"
     description = (
-        "Convert a torch.export (.pt2) program to ONNX (symbolic batch dimension where the "
-        "program allows it), verified in onnxruntime against the program's own outputs.")
+        "Convert a torch.export (.pt2) program or a Keras model (.keras, .h5) to ONNX (symbolic "
+        "batch dimension where the model allows it), verified in onnxruntime against the "
+        "original's own outputs.")
     Params = ConvertOnnxParams
     produces_model = True
 
@@ -42,12 +44,15 @@ class ConvertOnnx(Technique):
         import shutil
 
         from app.engine.runtime.isolate import run_bounded
+        from app.engine.runtime.keras_archive import sniff
         from app.engine.pytorch.loading import is_pt2
 
         p = self.params_of(ctx)
+        if sniff(ctx.model_path) is not None:
+            return self._run_keras(ctx, p)
         if not is_pt2(ctx.model_path):
             raise UnsupportedModel("this model is already ONNX; convert.onnx converts "
-                                   "torch.export (.pt2) programs")
+                                   "torch.export (.pt2) programs and Keras models")
         # The uploaded program runs only in a child: killed at the native-step deadline, with no
         # network and (under root) as nobody, writing only in its own folder.
         box = ctx.workdir / "convert"
@@ -59,6 +64,26 @@ class ConvertOnnx(Technique):
         output = ctx.workdir / "model.onnx"
         (box / "model.onnx").rename(output)
         shutil.rmtree(box, ignore_errors=True)
+        report["parent"]["size_bytes"] = ctx.model_path.stat().st_size
+        return Result(report=checked(report), output_path=output)
+
+    def _run_keras(self, ctx: Context, p: ConvertOnnxParams) -> Result:
+        import shutil
+
+        from app.engine.runtime.isolate import run_bounded
+        from app.engine.pytorch.keras_export import convert_keras
+
+        box = ctx.workdir / "convert"
+        box.mkdir()
+        shutil.copyfile(ctx.model_path, box / "model.upload")
+        ctx.progress(0.0, "checking, loading, exporting and verifying the Keras model in a confined process")
+        report = run_bounded(convert_keras, "model.upload", "model.onnx", p.opset, p.atol,
+                             ctx.native_step_timeout_s, deadline_s=ctx.native_step_timeout_s,
+                             step="Keras model conversion", cwd=box, confine=True)
+        output = ctx.workdir / "model.onnx"
+        (box / "model.onnx").rename(output)
+        shutil.rmtree(box, ignore_errors=True)
+        report = {"schema_version": SCHEMA_VERSION, "technique": self.name, **report}
         report["parent"]["size_bytes"] = ctx.model_path.stat().st_size
         return Result(report=checked(report), output_path=output)
 
