@@ -22,10 +22,11 @@ from pydantic import ValidationError
 from app.engine.base import Context, Params, Result, Technique
 from app.engine.catalog import all_techniques
 from app.engine.errors import InvalidParams
-from app.engine.reports import pipeline_report
+from app.engine.reports import checked, pipeline_report
 from app.engine.pytorch.loading import is_pt2
 from app.engine.runtime.keras_archive import sniff as keras_kind
 from app.engine.runtime.isolate import run_bounded
+from app.engine.runtime.normalize import normalized
 from app.engine.runtime.sessions import probe_session
 
 PIPELINE = "pipeline"
@@ -132,14 +133,19 @@ def referenced_models(plan: list[Step]) -> list[str]:
 def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float, str], None]) -> list[Result]:
     """Run the steps, each one's output feeding the next; progress is split evenly between them.
 
-    The job's own model is first opened in a bounded child (graph optimisation is native code a
-    hostile graph can keep busy); later steps read models this pipeline wrote."""
+    The job's own ONNX model is first opened in a bounded child (graph optimisation is native
+    code a hostile graph can keep busy), then normalised (``runtime.normalize``: old-ecosystem
+    files made modern, so every technique reads weights as initializers and feeds only real
+    inputs; the first step's report says what changed); later steps read models this
+    pipeline wrote."""
     results: list[Result] = []
     model_path, parent_path = ctx.model_path, ctx.parent_path
+    normalization = None
     if not is_pt2(model_path) and keras_kind(model_path) is None:  # ONNX: .pt2 and Keras go to convert.onnx
         progress(0.0, "loading")
         run_bounded(probe_session, str(model_path), deadline_s=ctx.native_step_timeout_s,
                     step="onnxruntime session creation", cwd=workdir)
+        model_path, normalization = normalized(model_path, workdir, ctx.native_step_timeout_s)
     n = len(plan)
     for i, step in enumerate(plan):
         step_dir = workdir / f"step-{i}" if n > 1 else workdir
@@ -152,6 +158,8 @@ def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float
         step_ctx = replace(ctx, model_path=model_path, parent_path=parent_path, params=step.params,
                            workdir=step_dir, progress=step_progress)
         result = step.technique().run(step_ctx)
+        if i == 0 and normalization is not None:
+            result.report = checked({**result.report, "normalization": normalization})
         results.append(result)
         if result.output_path is not None:
             parent_path, model_path = model_path, result.output_path

@@ -168,11 +168,35 @@ class Verdict(Part):
     summary: str | None = None
 
 
+class VersionChange(Part):
+    """A version as the file came (``original``) and as used."""
+
+    original: int
+    used: int
+
+
+class Normalization(Part):
+    """How the job's model was normalised before the technique read it
+    (``app.engine.runtime.normalize``); absent when nothing needed changing."""
+
+    changes: list[str] = []
+    ir_version: VersionChange | None = None
+    initializer_inputs_removed: int | None = None
+    folded: list[str] = Field(default=[], description="Constant subgraph outputs folded into "
+                              "initializers of the same name.")
+    constants_to_initializers: int | None = None
+    error: str | None = Field(default=None, description="Why the model could not be normalised "
+                              "(the technique read it as uploaded).")
+
+
 class Report(Part):
     """Fields every report has."""
 
     schema_version: int = SCHEMA_VERSION
     technique: str
+    normalization: Normalization | None = Field(
+        default=None, description="Set on the first step when the job's model was normalised "
+        "(old ONNX: initializer inputs, constant weight subgraphs, IR < 4).")
 
 
 # --- measure --------------------------------------------------------------------------------
@@ -286,9 +310,8 @@ class EvaluateReport(Report):
 
 # --- quantize -------------------------------------------------------------------------------
 
-class Opset(Part):
-    original: int
-    used: int
+class Opset(VersionChange):
+    """The opset the quantizer ran at (converted up from ``original`` when it needed that)."""
 
 
 class Quantization(Part):
