@@ -118,3 +118,44 @@ def test_tests_do_not_import_benchmarks():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
     assert not offenders, offenders
+
+
+HEAVY = {"torch", "onnx2torch", "torch_pruning", "onnxruntime", "keras", "tensorflow"}
+
+
+def _top_level_imports(module: str, path: Path) -> set[str]:
+    """Dotted names a module imports at its top level (not inside functions)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return names
+
+
+def test_what_the_api_imports_from_the_engine_stays_light():
+    """The API imports the pipeline, the catalog and every technique module (to validate params):
+    none of them, nor any engine module they import at their top, may import torch, onnxruntime
+    or Keras at its top. Helpers only techniques import inside run() may (test_api_imports checks
+    the API process itself). FastAPI, SQLAlchemy and Celery appear nowhere in the engine."""
+    from app.engine.catalog import technique_modules
+
+    modules = {m: p for m, p in _modules().items() if m.startswith("app.engine")}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not {n.split(".")[0] for n in names} & {"fastapi", "sqlalchemy", "celery"}, (path, node.lineno)
+    todo = ["app.engine.pipeline", "app.engine.catalog", *technique_modules()]
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        imports = _top_level_imports(module, modules[module])
+        heavy = sorted(n for n in imports if n.split(".")[0] in HEAVY)
+        assert not heavy, f"{module} imports {heavy} at its top, and the API imports {module}"
+        todo += [n for n in imports if n in modules]
+    assert "app.engine.quantize.dynamic" in seen and "app.engine.runtime.isolate" in seen

@@ -183,25 +183,6 @@ def test_api_import_is_light():
     assert get("benchmark") is Benchmark
 
 
-def test_engine_never_imports_torch():
-    """torch (and onnx2torch, torch_pruning) only inside functions, never at a module's top: the
-    API imports technique modules. FastAPI, SQLAlchemy and Celery nowhere in the engine."""
-    import ast
-
-    heavy = ("torch", "onnx2torch", "torch_pruning", "onnxruntime")
-    for path in (ROOT / "app" / "engine").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                roots = {n.split(".")[0] for n in names}
-                assert not roots & {"fastapi", "sqlalchemy", "celery"}, (path, node.lineno)
-        for node in tree.body:  # module top level only
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                assert not {n.split(".")[0] for n in names} & set(heavy), (path, node.lineno)
-
-
 def test_sweep_repeats_until_the_p50_is_known(models, make_ctx):
     params = BenchmarkParams(batch_sizes=[1, 4], threads=[1, 2], warmup=2, min_runs=20, min_seconds=0.0,
                              ci_target=0.05, max_seconds=5)
