@@ -1,7 +1,7 @@
 """A slice of the compatibility matrix (benchmarks/compat.py), run in CI: a few corpus entries
 (an IR 3 model-zoo style CNN, a TorchScript opset-9 CNN, a dynamo-exported CNN, MiniLM with its
-real weights) x the techniques every user tries first, through the same cell code as the full
-matrix (upload inspection, pipeline.run, the output verified in onnxruntime).
+real weights) x the techniques every user tries first, with the matrix's own cell code
+(tests/support/matrix.py: upload inspection, pipeline.run, the output verified in onnxruntime).
 
 Cells that fail today are strict xfails naming the reason: when a fix lands, the xfail turns
 into an XPASS failure, and the fix removes it from KNOWN.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.compat import run_cell
 from tests.support import corpus
+from tests.support.matrix import run_cell
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
