@@ -16,6 +16,8 @@ one past ``--cell-timeout`` seconds is killed and reported as ``cell_timeout``.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import multiprocessing
 import os
 import queue
@@ -36,6 +38,7 @@ from tests.support.matrix import REASON_CHARS, TECHNIQUES, applies, run_cell  # 
 
 FAMILIES = ["cnn", "legacy", "transformer-encoder", "decoder"]
 # Issue 13's targets: share of cells that succeed, per technique and family ("all" = every family).
+RESULTS = corpus.CACHE / "compat-results.json"
 TARGETS = {**{t: {"all": 0.95} for t in TECHNIQUES[:5]},
            "prune.structured": {"cnn": 0.80, "transformer-encoder": 0.80},
            "convert.onnx": {"all": 1.0}}
@@ -175,14 +178,17 @@ def markdown(entries: list[Entry], techniques: list[str], results: dict[tuple[st
     failures = [(e, t, results[e.name, t]) for e in entries for t in techniques
                 if (e.name, t) in results and results[e.name, t]["status"] != "ok"]
     lines += ["", "## Failures, grouped", "", "| error type | technique | cells | first reason |", "|---|---|---|---|"]
-    groups: dict[tuple[str, str], list] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list] = defaultdict(list)
     for e, t, r in failures:
-        groups[r["error_type"], t].append((e, r))
-    for (kind, t), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"| {kind} | {t} | {len(items)} | {_md(items[0][1]['reason'])} |")
+        groups[r["error_type"], t, signature(r["reason"])].append((e, r))
+    lines[-2:] = ["| error type | technique | cells | models | reason (of the first) |", "|---|---|---|---|---|"]
+    for (kind, t, _), items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        models = ", ".join(sorted({e.model for e, _ in items}))
+        lines.append(f"| {kind} | {t} | {len(items)} | {models} | {_md(items[0][1]['reason'][:2 * REASON_CHARS])} |")
     lines += ["", "## Every failure", "", "| model | technique | error type | reason (first "
               f"{REASON_CHARS} chars) | wall s |", "|---|---|---|---|---|"]
-    lines += [f"| {e.name} | {t} | {r['error_type']} | {_md(r['reason'])} | {r['wall_s']} |" for e, t, r in failures]
+    lines += [f"| {e.name} | {t} | {r['error_type']} | {_md(r['reason'][:REASON_CHARS])} | {r['wall_s']} |"
+              for e, t, r in failures]
     refused = [e for e in entries if e.error]
     lines += ["", "## Exports the exporters refused", "", "| model | exporter | opset | why |", "|---|---|---|---|"]
     lines += [f"| {e.model} | {e.exporter} | {e.opset or '–'} | {_md(e.error[:200])} |" for e in refused]
@@ -190,6 +196,12 @@ def markdown(entries: list[Entry], techniques: list[str], results: dict[tuple[st
     lines += ["", f"Fidelity to the parent was in the report of {fidelity[True]} of the "
               f"{sum(fidelity.values())} successful cells (benchmark reports none).", ""]
     return "\n".join(lines)
+
+
+def signature(reason: str) -> str:
+    """A failure's reason without its particulars (quoted names, numbers, shapes), to group by."""
+    reason = re.sub(r"'[^']*'|\[[^\]]*\]|\S*\d\S*", "…", reason)
+    return reason[:REASON_CHARS]
 
 
 def _md(text: str) -> str:
@@ -213,16 +225,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--cell-timeout", type=float, default=240.0, help="seconds per native step of a cell")
     ap.add_argument("--write", type=Path, help="write the Markdown here (docs/compatibility.md)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="every cell's result, as JSON")
+    ap.add_argument("--from-results", action="store_true",
+                    help="don't run anything: print (and --write) the tables of the last run's --results")
     args = ap.parse_args(argv)
     started = time.monotonic()
     entries = corpus.build(select(args.only), log=lambda m: print(m, file=sys.stderr, flush=True))
     entries.sort(key=lambda e: (FAMILIES.index(e.family), e.model, e.exporter, e.opset or 0))
-    results = run_matrix(entries, args.techniques, args.jobs, args.cell_timeout,
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.from_results:
+        saved = json.loads(args.results.read_text())
+        results = {(c["entry"], c["technique"]): c for c in saved["cells"]}
+        elapsed = saved["wall_s"]
+    else:
+        results = run_matrix(entries, args.techniques, args.jobs, args.cell_timeout,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+        elapsed = time.monotonic() - started
+        args.results.write_text(json.dumps({"wall_s": elapsed, "cells": [
+            {"entry": name, "technique": t, **r} for (name, t), r in results.items()]}, indent=1))
     command = "python benchmarks/compat.py" + (f" --only {' '.join(args.only)}" if args.only else "") + \
         (f" --techniques {' '.join(args.techniques)}" if args.techniques != TECHNIQUES else "") + \
         (f" --write {args.write}" if args.write else "")
-    text = markdown(entries, args.techniques, results, time.monotonic() - started, command)
+    text = markdown(entries, args.techniques, results, elapsed, command)
     print(text)
     if args.write:
         args.write.write_text(text)

@@ -34,7 +34,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "prune.structured": {**MEASURE, "ratio": 0.3},
     "convert.onnx": {},
 }
-REASON_CHARS = 120
+REASON_CHARS = 120  # in the tables
+DETAIL_CHARS = 400  # kept in the results
 
 
 def applies(entry: Entry, technique: str) -> bool:
@@ -58,7 +59,7 @@ def params_for(entry: Entry, technique: str) -> dict[str, Any]:
 
 
 def _cell(status: str, started: float, error_type: str = "", reason: str = "", **extra: Any) -> dict[str, Any]:
-    return {"status": status, "error_type": error_type, "reason": reason[:REASON_CHARS],
+    return {"status": status, "error_type": error_type, "reason": reason[:DETAIL_CHARS],
             "wall_s": round(time.monotonic() - started, 1), **extra}
 
 
