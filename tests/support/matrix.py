@@ -145,7 +145,9 @@ def _outputs(path: Path, feeds: dict[str, Any]) -> list[tuple[int, ...]]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
+    names = [i.name for i in session.get_inputs()]
+    if not set(names) <= set(feeds):  # a converted program names its inputs after forward's parameters
+        feeds = dict(zip(names, feeds.values()))
     return [tuple(o.shape) for o in session.run(None, {k: v for k, v in feeds.items() if k in names})]
 
 
