@@ -17,6 +17,7 @@ from app.jobs.routes import router as jobs_router
 from app.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from app.models.routes import router as models_router
 from app.queue import make_celery
+from app.engine.catalog import all_techniques
 from app.settings import Settings
 from app.store import open_store
 from app.supervisor import WorkerSupervisor
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, embedded_worker: WorkerSupervis
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.ensure_dirs()
+        all_techniques()  # import the catalog once, before requests arrive on many threads
         engine = make_engine(settings.sqlalchemy_url)
         app.state.settings = settings
         app.state.engine = engine

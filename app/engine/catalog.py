@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import threading
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 
 from app.engine.base import REGISTRY, Technique
@@ -49,7 +49,18 @@ def technique_modules() -> list[str]:
     return found
 
 
-@cache
+_loaded = threading.Event()
+_loading = threading.Lock()
+
+
 def _load_builtin() -> None:
-    for name in technique_modules():
-        importlib.import_module(name)
+    """Import every technique module once. Requests arrive on many threads at once (the API's
+    threadpool): one thread discovers and imports, the others wait for it (parsing modules from
+    several threads at once broke CPython's ast in a parallel-request test)."""
+    if _loaded.is_set():
+        return
+    with _loading:
+        if not _loaded.is_set():
+            for name in technique_modules():
+                importlib.import_module(name)
+            _loaded.set()

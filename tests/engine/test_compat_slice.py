@@ -19,12 +19,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ENTRIES = ["legacy-ir3-init-inputs", "resnet-ts9", "resnet-dynamo18", "minilm-ts17"]
 TECHNIQUES = ["benchmark", "quantize.dynamic", "quantize.static"]
 # (entry, technique) -> why it fails today (issue 13's work list)
-KNOWN = {
-    ("legacy-ir3-init-inputs", "quantize.dynamic"):
-        "initializers listed as graph inputs: the quantized model fails the ONNX checker",
-    ("legacy-ir3-init-inputs", "quantize.static"):
-        "initializers listed as graph inputs: the quantized model fails the ONNX checker",
-}
+# (entry, technique) -> reason, for cells expected to fail today (strict xfail). The legacy
+# IR 3 cells left this list when old-ONNX normalisation landed (app/engine/runtime/normalize.py).
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(scope="module")
