@@ -41,45 +41,35 @@ class ConvertOnnx(Technique):
     produces_model = True
 
     def run(self, ctx: Context) -> Result:
-        import shutil
-
-        from app.engine.runtime.isolate import run_bounded
-        from app.engine.runtime.keras_archive import sniff
+        from app.engine.pytorch.keras_export import convert_keras
         from app.engine.pytorch.loading import is_pt2
+        from app.engine.runtime.keras_archive import sniff
 
         p = self.params_of(ctx)
         if sniff(ctx.model_path) is not None:
-            return self._run_keras(ctx, p)
+            return self._confined(ctx, "model.upload", "Keras model conversion", "checking, loading, exporting and "
+                                  "verifying the Keras model in a confined process", convert_keras, p.opset,
+                                  p.atol, ctx.native_step_timeout_s)
         if not is_pt2(ctx.model_path):
             raise UnsupportedModel("this model is already ONNX; convert.onnx converts "
                                    "torch.export (.pt2) programs and Keras models")
-        # The uploaded program runs only in a child: killed at the native-step deadline, with no
-        # network and (under root) as nobody, writing only in its own folder.
-        box = ctx.workdir / "convert"
-        box.mkdir()
-        shutil.copyfile(ctx.model_path, box / "model.pt2")
-        ctx.progress(0.0, "loading, exporting and verifying the program in a confined process")
-        report = run_bounded(_convert, "model.pt2", "model.onnx", p.opset, p.atol, ctx.device, deadline_s=ctx.native_step_timeout_s,
-                             step="torch.export program conversion", cwd=box, confine=True)
-        output = ctx.workdir / "model.onnx"
-        (box / "model.onnx").rename(output)
-        shutil.rmtree(box, ignore_errors=True)
-        report["parent"]["size_bytes"] = ctx.model_path.stat().st_size
-        return Result(report=checked(report), output_path=output)
+        return self._confined(ctx, "model.pt2", "torch.export program conversion", "loading, exporting and "
+                              "verifying the program in a confined process", _convert, p.opset, p.atol, ctx.device)
 
-    def _run_keras(self, ctx: Context, p: ConvertOnnxParams) -> Result:
+    def _confined(self, ctx: Context, upload: str, step: str, stage: str, fn, *args) -> Result:
+        """The uploaded model runs only in a child: ``fn(upload, "model.onnx", *args)`` in a folder
+        of its own, killed at the native-step deadline, with no network and (under root) no
+        capabilities, writing only in that folder; it returns the report without its header."""
         import shutil
 
         from app.engine.runtime.isolate import run_bounded
-        from app.engine.pytorch.keras_export import convert_keras
 
         box = ctx.workdir / "convert"
         box.mkdir()
-        shutil.copyfile(ctx.model_path, box / "model.upload")
-        ctx.progress(0.0, "checking, loading, exporting and verifying the Keras model in a confined process")
-        report = run_bounded(convert_keras, "model.upload", "model.onnx", p.opset, p.atol,
-                             ctx.native_step_timeout_s, deadline_s=ctx.native_step_timeout_s,
-                             step="Keras model conversion", cwd=box, confine=True)
+        shutil.copyfile(ctx.model_path, box / upload)
+        ctx.progress(0.0, stage)
+        report = run_bounded(fn, upload, "model.onnx", *args, deadline_s=ctx.native_step_timeout_s,
+                             step=step, cwd=box, confine=True)
         output = ctx.workdir / "model.onnx"
         (box / "model.onnx").rename(output)
         shutil.rmtree(box, ignore_errors=True)
@@ -90,15 +80,13 @@ class ConvertOnnx(Technique):
 
 def _convert(source: str, target: str, opset: int, atol: float, device: str, confinement: dict) -> dict:
     """Load the checked archive, export it, verify the ONNX against the program (run in the
-    confined child, cwd = its folder); the report, as JSON-able data."""
+    confined child, cwd = its folder); the report without its header, as JSON-able data."""
     import warnings
     from pathlib import Path
 
-    import numpy as np
     import torch
 
-    from app.engine.runtime.sessions import create_session, short_reason
-    from app.engine.pytorch.export import io_specs
+    from app.engine.pytorch.export import compare_export
     from app.engine.pytorch.loading import example_inputs, load_pt2
 
     source_path, output = Path(source).resolve(), Path(target).resolve()
@@ -123,33 +111,10 @@ def _convert(source: str, target: str, opset: int, atol: float, device: str, con
     with torch.no_grad():
         expected = module(*args)
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-    session = create_session(output, 1, device)[0]
-    try:
-        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
-    except Exception as exc:
-        raise UnsupportedModel(f"the exported ONNX does not run in onnxruntime "
-                               f"({short_reason(exc)})") from None
-    shapes = [list(g.shape) for g in got]
-    want = [list(e.shape) for e in expected]
-    errors = [float(np.abs(g - e.numpy()).max()) if g.size else 0.0 for g, e in zip(got, expected)]
-    if shapes != want or max(errors, default=0.0) > atol:
-        raise UnsupportedModel(f"the exported ONNX disagrees with the program: shapes {shapes} "
-                               f"vs {want}, max abs error {max(errors, default=0.0):.3g}")
-    inputs, outputs = io_specs(output)
-    symbolic = all(isinstance(s["shape"][0], str) for s in inputs if s["shape"])
-    notes = [] if symbolic else [
+    checked_export = compare_export(output, {n: a.numpy() for n, a in zip(names, args)},
+                                    [e.numpy() for e in expected], atol, "the program", opset, device)
+    notes = [] if checked_export["symbolic_batch"] else [
         "the program was exported with a fixed batch size, so the ONNX model has one too; "
         "export with dynamic_shapes={0: torch.export.Dim('batch')} for a symbolic batch"]
-    report = {
-        "schema_version": SCHEMA_VERSION, "technique": ConvertOnnx.name,
-        "parent": {"format": "pt2"},
-        "result": {"format": "onnx", "size_bytes": output.stat().st_size, "opset": opset,
-                   "inputs": inputs, "outputs": outputs},
-        "verification": {"onnxruntime_loaded": True, "output_shapes": shapes,
-                         "output_shapes_match_program": True,
-                         "max_abs_error": max(errors, default=0.0),
-                         "generated_input_shapes": [list(a.shape) for a in args]},
-        "symbolic_batch": symbolic, "torch": torch.__version__, "notes": notes,
-        "sandbox": confinement,
-    }
-    return report
+    return {"parent": {"format": "pt2"}, **checked_export, "torch": torch.__version__, "notes": notes,
+            "sandbox": confinement}

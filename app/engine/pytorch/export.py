@@ -113,6 +113,37 @@ def verify_against(parent: Path, result: Path, batches: Sequence[int] = (2, 3)) 
     return {"onnxruntime_loaded": True, "output_shapes_match_parent": True, "checked": checked}
 
 
+def compare_export(output: Path, feed: Mapping[str, Any], expected: Sequence[Any], atol: float, of: str,
+                   opset: int, device: str = "cpu") -> dict[str, Any]:
+    """Run a freshly exported ONNX on ``feed`` and compare it with ``expected``, the original's
+    outputs on the same inputs (numpy arrays). Raises UnsupportedModel when it doesn't run, or
+    when the shapes differ or an error passes ``atol`` (a NaN error counts as passing it);
+    returns the report's ``result``, ``verification`` and ``symbolic_batch``. ``of`` names the
+    original in messages ("the program", "the Keras model")."""
+    import numpy as np
+
+    from app.engine.runtime.sessions import create_session, short_reason
+
+    session = create_session(output, 1, device)[0]
+    try:
+        got = session.run(None, dict(feed))
+    except Exception as exc:
+        raise UnsupportedModel(f"the exported ONNX does not run in onnxruntime ({short_reason(exc)})") from None
+    shapes, want = [list(g.shape) for g in got], [list(e.shape) for e in expected]
+    worst = max((float(np.abs(g - e).max()) if g.size else 0.0 for g, e in zip(got, expected)), default=0.0)
+    if shapes != want or not worst <= atol:
+        raise UnsupportedModel(f"the exported ONNX disagrees with {of}: shapes {shapes} vs {want}, "
+                               f"max abs error {worst:.3g}")
+    inputs, outputs = io_specs(output)
+    return {
+        "result": {"format": "onnx", "size_bytes": output.stat().st_size, "opset": opset,
+                   "inputs": inputs, "outputs": outputs},
+        "verification": {"onnxruntime_loaded": True, "output_shapes": shapes, "output_shapes_match_program": True,
+                         "max_abs_error": worst, "generated_input_shapes": [list(a.shape) for a in feed.values()]},
+        "symbolic_batch": all(isinstance(s["shape"][0], str) for s in inputs if s["shape"]),
+    }
+
+
 def torch_inputs(feed: Mapping[str, Any], names: Sequence[str], device: Any = "cpu") -> list[Any]:
     import torch
 

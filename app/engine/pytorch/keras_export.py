@@ -112,36 +112,18 @@ def convert_keras(source: str, target: str, opset: int, atol: float, cpu_seconds
 
 def _verify(model: Any, output: Path, atol: float, opset: int, manifest: Any, sandbox: dict,
             torch_version: str, keras_version: str, np: Any) -> dict:
-    from app.engine.pytorch.export import io_specs, sample_feed
-    from app.engine.runtime.sessions import create_session, short_reason
+    from app.engine.pytorch.export import compare_export, sample_feed
 
     feed = sample_feed(output)
-    session = create_session(output, 1, "cpu")[0]
-    try:
-        got = session.run(None, feed)
-    except Exception as exc:
-        raise UnsupportedModel(f"the exported ONNX does not run in onnxruntime ({short_reason(exc)})") from None
-    names = [i.name for i in session.get_inputs()]
-    args = [feed[n] for n in names]
+    args = list(feed.values())
     expected = model(args[0] if len(args) == 1 else args, training=False)
     expected = [expected] if not isinstance(expected, (list, tuple, dict)) else \
         list(expected.values()) if isinstance(expected, dict) else list(expected)
     expected = [np.asarray(e.detach().cpu().numpy() if hasattr(e, "detach") else e) for e in expected]
-    shapes, want = [list(g.shape) for g in got], [list(e.shape) for e in expected]
-    errors = [float(np.abs(g - e).max()) if g.size else 0.0 for g, e in zip(got, expected)]
-    worst = max(errors, default=0.0)
-    if shapes != want or not worst <= atol:
-        raise UnsupportedModel(f"the exported ONNX disagrees with the Keras model: shapes {shapes} vs {want}, "
-                               f"max abs error {worst:.3g}")
-    inputs, outputs = io_specs(output)
-    symbolic = all(isinstance(s["shape"][0], str) for s in inputs if s["shape"])
+    checked_export = compare_export(output, feed, expected, atol, "the Keras model", opset)
     return {
-        "parent": {"format": manifest.kind, "keras_classes": list(manifest.classes)},
-        "result": {"format": "onnx", "size_bytes": output.stat().st_size, "opset": opset,
-                   "inputs": inputs, "outputs": outputs},
-        "verification": {"onnxruntime_loaded": True, "output_shapes": shapes,
-                         "output_shapes_match_program": True, "max_abs_error": worst,
-                         "generated_input_shapes": [list(a.shape) for a in args]},
-        "symbolic_batch": symbolic, "torch": torch_version, "keras": keras_version,
-        "notes": [] if symbolic else ["the ONNX model has a fixed batch size"], "sandbox": sandbox,
+        "parent": {"format": manifest.kind, "keras_classes": list(manifest.classes)}, **checked_export,
+        "torch": torch_version, "keras": keras_version,
+        "notes": [] if checked_export["symbolic_batch"] else ["the ONNX model has a fixed batch size"],
+        "sandbox": sandbox,
     }
