@@ -246,7 +246,7 @@ def test_view_past_the_end_of_its_bytes_is_refused(clean_pt2, tmp_path):
         read_manifest(path)
 
 
-def test_pt2_zip_bomb_is_refused(api, clean_pt2):
+def test_pt2_zip_bomb_is_refused(api, clean_pt2, tmp_path):
     bomb = io.BytesIO()
     with zipfile.ZipFile(clean_pt2) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
@@ -254,3 +254,6 @@ def test_pt2_zip_bomb_is_refused(api, clean_pt2):
         dst.writestr("cnn/extra/huge", b"\0" * (200 << 20))
     r = api.post("/v1/models", files={"file": ("bomb.pt2", bomb.getvalue())})
     assert r.status_code == 422 and "zip bomb" in r.json()["detail"]
+    (tmp_path / "bomb.pt2").write_bytes(bomb.getvalue())  # the worker's own check refuses it too
+    with pytest.raises(UnsafeArchive, match="zip bomb"):
+        read_manifest(tmp_path / "bomb.pt2")

@@ -288,6 +288,10 @@ def read_manifest(path: Path | str) -> Manifest:
                                         "(weights, constants and the program only; no pickles, compiled "
                                         "kernels or custom objects)")
             sizes = {i.filename: i.file_size for i in infos}
+            # torch writes archives uncompressed: a large ratio is a zip bomb, not a model.
+            unpacked, packed = sum(sizes.values()), Path(path).stat().st_size
+            if unpacked > 2 * packed + (64 << 20):
+                raise UnsafeArchive(f"the archive unpacks to {unpacked} bytes from {packed}: refused as a zip bomb")
             fmt = z.read(f"{root}/archive_format") if f"{root}/archive_format" in sizes else b""
             if fmt.strip() != b"pt2":
                 raise UnsafeArchive("archive_format is not 'pt2': not a torch.export.save archive")
