@@ -56,17 +56,14 @@ def _load_arrays(path: Path) -> dict | None:
 
 
 def _rank_main(workdir: Path, rank: int, world: int, port: int, cuda: bool) -> None:
-    import pickle
-
     import torch
     import torch.distributed as dist
 
-    from app.engine.pytorch.loading import import_onnx2torch
+    from app.engine.pytorch.loading import taken_from_parent
     from app.engine.pytorch.train import fit
 
-    import_onnx2torch()  # the pickled onnx2torch module classes need its import shim
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # ranks share the cores
-    model = pickle.loads((workdir / "model.pkl").read_bytes())
+    model = taken_from_parent(workdir / "model.pkl")
     cfg = TrainConfig(**json.loads((workdir / "config.json").read_text()))
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}") if cuda else torch.device("cpu")
     if cuda:
@@ -101,12 +98,12 @@ def train_parallel(model: Any, train: dict, val: dict | None, cfg: TrainConfig, 
                    on_epoch: EpochFn | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Train ``model`` on ``processes`` ranks; load the result into ``model``. Returns the
     history and every rank's final state dict."""
-    import pickle
-
     import torch
 
+    from app.engine.pytorch.loading import hand_to_child
+
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "model.pkl").write_bytes(pickle.dumps(model.cpu()))
+    hand_to_child(model.cpu(), workdir / "model.pkl")
     (workdir / "config.json").write_text(json.dumps(asdict(cfg)))
     _save_arrays(train, workdir / "train.npz")
     _save_arrays(val, workdir / "val.npz")

@@ -36,17 +36,15 @@ def export_module(module: Any, sample: Sequence[Any], path: Path, parent: Path,
     """Export ``module`` with the parent's input/output names; dim 0 stays symbolic wherever it
     is symbolic in the parent. The TorchScript exporter is used because onnx2torch modules
     carry export hooks for it, and it is fast and deterministic. The export runs in a child
-    killed at ``deadline_s``; the module and sample reach it in a file this process saved (the
-    only pickle it loads is one Lathe wrote, never an upload)."""
-    import torch
-
+    killed at ``deadline_s``; the module and sample reach it through ``hand_to_child``."""
+    from app.engine.pytorch.loading import hand_to_child
     from app.engine.runtime.isolate import StepFailed, run_bounded
 
     inputs, outputs = io_specs(parent)
     dynamic = {s["name"]: {0: s["shape"][0]} for s in inputs + outputs
                if s["shape"] and isinstance(s["shape"][0], str)}
     saved = path.with_suffix(".export-input.pt")
-    torch.save({"module": module.cpu().eval(), "sample": tuple(t.cpu() for t in sample)}, saved)
+    hand_to_child({"module": module.cpu().eval(), "sample": tuple(t.cpu() for t in sample)}, saved)
     try:
         run_bounded(_export, str(saved), str(path), [s["name"] for s in inputs],
                     [s["name"] for s in outputs], dynamic, deadline_s=deadline_s,
@@ -63,10 +61,9 @@ def export_module(module: Any, sample: Sequence[Any], path: Path, parent: Path,
 def _export(saved: str, path: str, input_names: list[str], output_names: list[str], dynamic: dict) -> None:
     import torch
 
-    from app.engine.pytorch.loading import import_onnx2torch
+    from app.engine.pytorch.loading import taken_from_parent
 
-    import_onnx2torch()  # the module's classes may be onnx2torch's
-    state = torch.load(saved, weights_only=False)  # written by the parent process just now
+    state = taken_from_parent(Path(saved))
     module, sample = state["module"], state["sample"]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -94,6 +94,23 @@ def _prepare_for_onnx2torch(source: str, target_dir: str) -> list[str]:
     return out
 
 
+def hand_to_child(obj: Any, path: Path) -> None:
+    """Save a torch module (or a structure holding modules and tensors) for a child process of
+    this job to load with ``taken_from_parent``. The only pickles Lathe ever loads are these:
+    written by the job's own process from objects it built, never an uploaded byte."""
+    import pickle
+
+    path.write_bytes(pickle.dumps(obj))
+
+
+def taken_from_parent(path: Path) -> Any:
+    """What ``hand_to_child`` saved (in the child; onnx2torch module classes need its import shim)."""
+    import pickle
+
+    import_onnx2torch()
+    return pickle.loads(path.read_bytes())
+
+
 def onnx_to_torch(path: Path, workdir: Path, deadline_s: float = DEFAULT_NATIVE_STEP_TIMEOUT_S) -> Any:
     """A trainable fx.GraphModule equivalent to the ONNX model (weights as parameters).
 
