@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TypeVar
@@ -110,7 +110,7 @@ def _load(s, job_id: str) -> Loaded:
     ctx = Context(model_path=_artifact(store, model, "model"), params=steps[0].params, workdir=Path(),
                   device=job.device, dataset_path=_artifact(store, dataset, "dataset") if dataset else None,
                   models=others, parent_path=_artifact(store, parent, "parent model") if parent else None,
-                  model_id=model.id)
+                  model_id=model.id, native_step_timeout_s=_resources()[0].native_step_timeout_s)
     return Loaded(steps, ctx, model.name)
 
 
@@ -134,8 +134,7 @@ def _finish(s, job_id: str, loaded: Loaded, results: list[Result]) -> None:
         current = register_output(s, store, current, job_id, result.output_path, f"{stem}.onnx")
         output_ids.append(current.id)
     report = pipeline.report(loaded.steps, results, loaded.ctx.model_id, output_ids)
-    output_id = next((o for o in reversed(output_ids) if o is not None), None)
-    transitions.succeed(s, job_id, report, output_id)
+    transitions.succeed(s, job_id, report, pipeline.last_output(output_ids))
 
 
 def run_job(slot: str) -> None:
@@ -155,7 +154,6 @@ def run_job(slot: str) -> None:
         log.exception("job %s could not be loaded", job_id)
         _db(sessions, transitions.fail, job_id, JobErrorType.INTERNAL_ERROR, f"Loading the job failed: {type(exc).__name__}")
         return
-    loaded.ctx = replace(loaded.ctx, native_step_timeout_s=settings.native_step_timeout_s)
     workdir = settings.resolved_data_dir / "work" / job_id
     shutil.rmtree(workdir, ignore_errors=True)  # left by an earlier attempt whose worker died
     workdir.mkdir(parents=True)

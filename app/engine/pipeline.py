@@ -166,6 +166,11 @@ def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float
     return results
 
 
+def last_output(output_ids: list[str | None]) -> str | None:
+    """The job's output model: the one the last model-producing step wrote."""
+    return next((o for o in reversed(output_ids) if o is not None), None)
+
+
 def report(plan: list[Step], results: list[Result], model_id: str | None,
            output_ids: list[str | None]) -> dict[str, Any]:
     """The job's report: a single step's own, or the pipeline's with every step's inside.
@@ -174,5 +179,4 @@ def report(plan: list[Step], results: list[Result], model_id: str | None,
         return results[0].report
     steps = [{"technique": step.name, "params": step.params.model_dump(mode="json"), "output_model_id": produced,
               "report": result.report} for step, result, produced in zip(plan, results, output_ids)]
-    final = next((o for o in reversed(output_ids) if o is not None), None)
-    return pipeline_report(model_id, final, steps)
+    return pipeline_report(model_id, last_output(output_ids), steps)
