@@ -118,6 +118,7 @@ class WorkerSupervisor(threading.Thread):
             while proc.poll() is None and time.monotonic() < deadline and not self._now:
                 time.sleep(0.1)
             _kill_group(proc.pid, tree)
+            _wait_gone(tree, timeout_s=10)
         self.join(timeout=10)
 
     def kill(self) -> None:
@@ -132,6 +133,20 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def _wait_gone(tree: Iterable[psutil.Process], timeout_s: float) -> None:
+    """SIGKILL is delivered asynchronously: stop() returns once every process it killed has died
+    (exited, or a zombie waiting for a parent that may not be ours to reap)."""
+    deadline = time.monotonic() + timeout_s
+    for p in tree:
+        while time.monotonic() < deadline:
+            try:
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.02)
 
 
 def _kill_group(pgid: int, tree: Iterable[psutil.Process] = ()) -> None:
