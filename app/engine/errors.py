@@ -42,6 +42,14 @@ class UnsupportedModel(TechniqueError):
     type = "unsupported_model"
 
 
+class NotApplicable(UnsupportedModel):
+    """The technique has nothing to work on in this model (4-bit MatMul quantization of a model
+    with no MatMul, say): a correct refusal, not a gap. The detail says what it looks for and
+    what would help instead."""
+
+    type = "not_applicable"
+
+
 class DatasetMismatch(TechniqueError):
     type = "dataset_mismatch"
 

@@ -18,6 +18,7 @@ class JobErrorType(StrEnum):
     # raised by techniques (app.engine.errors)
     TECHNIQUE_ERROR = "technique_error"
     UNSUPPORTED_MODEL = "unsupported_model"
+    NOT_APPLICABLE = "not_applicable"
     DATASET_MISMATCH = "dataset_mismatch"
     INVALID_PARAMS = "invalid_params"
     INFERENCE_FAILED = "inference_failed"

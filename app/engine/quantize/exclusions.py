@@ -93,7 +93,7 @@ def nothing_to_quantize(model: Path, looked_for: Sequence[str], what: str,
                         preprocess: bool) -> TechniqueError:
     """The refusal when a quantizer found (or would find) nothing to change, with the reason."""
     from app.engine.quantize.analysis import candidate_ops, op_counts
-    from app.engine.errors import UnsupportedModel
+    from app.engine.errors import NotApplicable, UnsupportedModel
 
     ops = op_counts(model)
     candidates = candidate_ops(list(looked_for))
@@ -107,6 +107,10 @@ def nothing_to_quantize(model: Path, looked_for: Sequence[str], what: str,
                "all of them were excluded)")
     else:
         why = f"it has none of them (its op types: {sorted(ops)})"
-    return UnsupportedModel(
-        f"nothing to quantize: {what} looks for {sorted(candidates)} nodes and {why}. It "
-        "helps models dominated by MatMul/Gemm/Conv with constant weights")
+    error = UnsupportedModel if folded or present else NotApplicable
+    if "Conv" in ops and "Conv" not in candidates:
+        advice = "its convolutions are quantized by quantize.static (8-bit integer kernels)"
+    else:
+        advice = "it helps models dominated by MatMul/Gemm/Conv with constant weights"
+    return error(f"nothing to quantize: {what} looks for {sorted(candidates)} nodes and {why}; "
+                 f"{advice}")

@@ -92,9 +92,28 @@ def _quantize_dynamic(src: Path, dst: Path, *, op_types: list[str] | None, per_c
                       weight_type: str) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(src, dst, op_types_to_quantize=op_types, per_channel=per_channel,
+    quantize_dynamic(src, dst, op_types_to_quantize=_without_standard_namesakes(src, op_types), per_channel=per_channel,
                      reduce_range=reduce_range, nodes_to_exclude=exclude, nodes_to_quantize=only,
                      weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
+
+
+# ORT's quantizers rewrite these op types as their com.microsoft contrib ops; ONNX (opset 23)
+# has a standard Attention of the same name, with no weights of its own, that they must not touch.
+CONTRIB_OPS = frozenset({"Attention", "EmbedLayerNormalization"})
+
+
+def _without_standard_namesakes(src: Path, op_types: list[str] | None) -> list[str] | None:
+    """``op_types`` (None: the registry's) less the contrib op types this graph only has as
+    standard ONNX ops: the dynamo exporter's Attention became an invalid QAttention."""
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    standard = {n.op_type for n in graph.node
+                if n.op_type in CONTRIB_OPS and n.domain != "com.microsoft"}
+    contrib = {n.op_type for n in graph.node if n.domain == "com.microsoft"}
+    if not standard - contrib:
+        return op_types
+    return [t for t in (op_types or default_dynamic_op_types()) if t not in standard - contrib]
 
 
 def run_quantizer(stage: Staged, dst: Path, what: str, advice: str, fn, *args, **kw):

@@ -162,3 +162,38 @@ def test_verdict_slower_explains():
     v = verdict([_point(1, 2.0, 1.0), _point(8, 1.01, 1.0)], 0.25, {"quantized_ops": {},
                 "compute_quantized": 1, "compute_total": 1}, "CPUExecutionProvider", None)
     assert v["faster"] and "within measurement noise" in v["summary"] and "bs=8" in v["summary"]
+
+
+def test_standard_attention_op_is_left_to_its_matmuls(make_ctx, fast, tmp_path):
+    """A dynamo export at opset 23 carries ONNX's own Attention op (ai.onnx domain). ORT's
+    quantizer takes every node named "Attention" for its com.microsoft contrib op and wrote a
+    QAttention the runtime rejects (bert, gpt2, whisper in the corpus): the standard op has no
+    weights of its own, so the projections around it are quantized and it stays float."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            q, k, v = (t.view(x.shape[0], x.shape[1], 2, 8).transpose(1, 2)
+                       for t in self.qkv(x).chunk(3, -1))
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.out(a.transpose(1, 2).reshape(x.shape[0], x.shape[1], 16))
+
+    path = tmp_path / "attention.onnx"
+    torch.onnx.export(SelfAttention().eval(), (torch.randn(2, 5, 16),), str(path), dynamo=True,
+                      opset_version=23, input_names=["x"], external_data=False)
+    assert any(n.op_type == "Attention" and n.domain in ("", "ai.onnx")
+               for n in onnx.load(str(path)).graph.node)
+    ctx = make_ctx(path, QuantizeDynamicParams(batch_sizes=[2], **fast))  # exported batch: 2
+    result = QuantizeDynamic().run(ctx)
+    quantized = onnx.load(str(result.output_path))
+    assert not [n for n in quantized.graph.node if n.op_type == "QAttention"]
+    assert [n for n in quantized.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    session = ort.InferenceSession(str(result.output_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
+    assert session.run(None, {"x": x})[0].shape == (2, 5, 16)

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from app.engine.base import Context
-from app.engine.errors import TechniqueError, UnsupportedModel
+from app.engine.errors import NotApplicable, TechniqueError, UnsupportedModel
 from app.engine.measure.evaluate import Evaluate, EvaluateParams
 from app.engine.quantize.auto import QuantizeAuto, QuantizeAutoParams
 from app.engine.quantize.dynamic import QuantizeDynamic, QuantizeDynamicParams
@@ -209,3 +209,24 @@ def test_auto_gives_up_with_advice(outlier, tmp_path):
     with pytest.raises(TechniqueError, match="no quantized variant meets") as err:
         run(QuantizeAuto, path, params, tmp_path / "w", data)
     assert err.value.type == "tolerance_not_met"
+
+
+def test_a_technique_with_nothing_to_work_on_says_not_applicable(models, tmp_path):
+    """int4 looks for MatMul/Gemm/Gather: on an all-convolution net (SqueezeNet-style: a 1x1
+    conv classifier, no linear layer) it is a correct refusal of its own type, pointing at what
+    does apply. Everything excluded by the user is a different failure: the model has the ops,
+    the params removed them."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 1),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    conv_only = tmp_path / "conv_only.onnx"
+    torch.onnx.export(net.eval(), (torch.randn(1, 3, 8, 8),), str(conv_only), dynamo=False,
+                      input_names=["img"], dynamic_axes={"img": {0: "batch"}})
+    with pytest.raises(NotApplicable, match="quantize.static") as refused:
+        run(QuantizeInt4, conv_only, QuantizeInt4Params(**FAST), tmp_path / "a")
+    assert refused.value.type == "not_applicable" and "Conv" in refused.value.detail
+    with pytest.raises(UnsupportedModel) as excluded:
+        run(QuantizeDynamic, models["mlp"], QuantizeDynamicParams(
+            **FAST, exclude_op_types=["Gemm", "MatMul"]), tmp_path / "b")
+    assert type(excluded.value) is UnsupportedModel and "excluded" in excluded.value.detail
