@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_graph_nodes: int = Field(200_000, ge=1, description="An uploaded ONNX with more nodes than this (subgraphs and functions included) is refused.")
     max_subgraph_depth: int = Field(8, ge=0, description="An uploaded ONNX whose subgraphs (If/Loop/Scan bodies) nest deeper than this is refused.")
     cancel_grace_s: float = Field(10.0, description="A cancelled job that has not stopped by itself after this long is killed.")
+    events_poll_s: float = Field(0.5, gt=0, le=10, description="How often an event stream or a long-poll (`?wait=`) reads its job.")
     auth_cache_s: float = Field(30.0, description="How long an API process trusts a key it has checked (a revoked key lingers this long).")
     worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of worker processes: on a shared host the API stays responsive while jobs run.")
     host: str = "127.0.0.1"

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from app import idempotency
 from app.deps import CeleryDep, SessionDep, SettingsDep, TenantDep
 from app.engine.reports import AnyReport
 from app.idempotency import IdempotencyKey
-from app.jobs import service
+from app.jobs import events, service
 from app.models.lineage import lineage
 from app.reports.render import CSP_HEADER, render_report_html
 from app.jobs.schemas import JobCreate, JobOut, Status
@@ -52,9 +52,41 @@ def list_jobs(tenant: TenantDep, session: SessionDep, status: Status | None = No
     return paginate(session, stmt, JobRecord.id, cursor, limit, JobOut.model_validate)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
-def get_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobRecord:
-    return get_owned(session, JobRecord, tenant.id, job_id, "job")
+@router.get("/{job_id}", response_model=JobOut, responses={
+    304: {"description": "With If-None-Match: the job still has that ETag (after waiting, with ?wait=)."}, **ERRORS})
+async def get_job(job_id: str, tenant: TenantDep, request: Request, response: Response, settings: SettingsDep,
+                  wait: Annotated[float | None, Query(ge=0, le=events.MAX_WAIT_S, description=(
+                      "Long-poll: answer as soon as the job differs from the state the client holds (its ETag, "
+                      "sent as If-None-Match; without one, the state at the time of the request), has ended, "
+                      "or after this many seconds."))] = None,
+                  if_none_match: Annotated[str | None, Header()] = None) -> Any:
+    """One job. Its ETag changes with every change a client could see (status, progress, stage...)."""
+    maker = request.app.state.sessionmaker
+    seen = if_none_match.strip().removeprefix("W/").strip('"') if if_none_match else None
+    if wait:
+        state = await events.wait_for_change(maker, tenant.id, job_id, seen, wait, settings.events_poll_s)
+    else:
+        state = await events.read(maker, tenant.id, job_id)
+    tag = events.fingerprint(state)
+    if seen == tag:
+        return Response(status_code=304, headers={"ETag": events.etag(tag)})
+    response.headers["ETag"] = events.etag(tag)
+    return state
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses={
+    200: {"content": {"text/event-stream": {}}, "description": (
+        "Server-Sent Events: `event: job` with the job (as GET /v1/jobs/{id}) at every change, `event: end` "
+        "with the ended job as the last event, `: ping` comments every 15 s. Each event's `id` is the job's "
+        "ETag: reconnect with `Last-Event-ID` and only a newer state is sent.")}, **ERRORS})
+async def job_events(job_id: str, tenant: TenantDep, request: Request, settings: SettingsDep,
+                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    """Follow a job live instead of polling it."""
+    maker = request.app.state.sessionmaker
+    await events.read(maker, tenant.id, job_id)  # a 404 problem+json, not an empty stream
+    body = events.stream(maker, tenant.id, job_id, last_event_id, settings.events_poll_s, request.is_disconnected)
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: {"description": "The job already ended."}, **ERRORS})
