@@ -14,6 +14,7 @@ from app.headers import SecurityHeadersMiddleware
 from app.health.routes import router as health_router
 from app.jobs.reaper import Reaper
 from app.jobs.routes import router as jobs_router
+from app.webhooks.routes import router as webhooks_router
 from app.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from app.models.routes import router as models_router
 from app.queue import make_celery
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, embedded_worker: WorkerSupervis
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     app.add_middleware(SecurityHeadersMiddleware)  # added last: outermost, sees the 413 too
-    for router in (health_router, models_router, datasets_router, techniques_router, jobs_router):
+    for router in (health_router, models_router, datasets_router, techniques_router, jobs_router,
+                   webhooks_router):
         app.include_router(router)
     return app

@@ -128,3 +128,34 @@ class IdempotencyRecord(Base):
     # sha256 of what the request asked for: a repeat asking for something else is refused (NULL: stored before 0003).
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookRecord(Base):
+    """A tenant's subscription: job events POSTed to ``url``, signed with ``secret`` (Standard
+    Webhooks). The secret is shown once, at creation; it is kept to sign deliveries."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DeliveryRecord(Base):
+    """One event for one webhook: the outbox row, written in the transaction that ended the job
+    (so no event is lost between the job's end and its sending), then sent and retried by the
+    workers' dispatcher until it succeeds or its attempts run out."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)  # the webhook-id header
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("job_records.id", ondelete="SET NULL"))
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | delivered | failed
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

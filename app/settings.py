@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -42,11 +42,24 @@ class Settings(BaseSettings):
     max_subgraph_depth: int = Field(8, ge=0, description="An uploaded ONNX whose subgraphs (If/Loop/Scan bodies) nest deeper than this is refused.")
     cancel_grace_s: float = Field(10.0, description="A cancelled job that has not stopped by itself after this long is killed.")
     events_poll_s: float = Field(0.5, gt=0, le=10, description="How often an event stream or a long-poll (`?wait=`) reads its job.")
+    webhook_retry_s: list[float] = Field([10, 60, 300, 1800, 7200, 28800], min_length=0, max_length=20, description="Waits between webhook delivery attempts (a JSON list): after the last one fails, the delivery is given up.")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="A webhook receiver that has not answered after this long counts as failed (and is retried).")
+    webhook_allow_private: bool = Field(False, description="Allow webhook URLs that resolve to loopback, private or link-local addresses (tests, internal deployments).")
+    webhook_poll_s: float = Field(1.0, gt=0, le=60, description="How often each worker's dispatcher looks for webhook deliveries that are due.")
     auth_cache_s: float = Field(30.0, description="How long an API process trusts a key it has checked (a revoked key lingers this long).")
     worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of worker processes: on a shared host the API stays responsive while jobs run.")
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+
+    @field_validator("webhook_retry_s", mode="before")
+    @classmethod
+    def _waits(cls, value: object) -> object:
+        """A JSON list or comma-separated seconds, from the environment or a string argument."""
+        if isinstance(value, str):
+            text = value.strip().removeprefix("[").removesuffix("]")
+            return [float(v) for v in text.split(",") if v.strip()]
+        return value
 
     @cached_property
     def resolved_data_dir(self) -> Path:

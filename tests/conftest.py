@@ -100,7 +100,10 @@ def deploy(kind: str, data_dir: Path, **extra_env: str) -> Iterator[Deployment]:
     starts one when the queue should begin to move."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_")}
     env.update({"LATHE_DATA_DIR": str(data_dir), "LATHE_LOG_LEVEL": "warning",
-                "LATHE_MAX_MODEL_BYTES": str(8 * 1024 * 1024), "LATHE_MAX_DATASET_BYTES": str(8 * 1024 * 1024)})
+                "LATHE_MAX_MODEL_BYTES": str(8 * 1024 * 1024), "LATHE_MAX_DATASET_BYTES": str(8 * 1024 * 1024),
+                # webhooks to the tests' own receivers on 127.0.0.1, retried within seconds
+                "LATHE_WEBHOOK_ALLOW_PRIVATE": "true", "LATHE_WEBHOOK_RETRY_S": "[0.5, 0.5, 1]",
+                "LATHE_WEBHOOK_TIMEOUT_S": "2", "LATHE_WEBHOOK_POLL_S": "0.2"})
     env.update(extra_env)
     with scratch_pg_database() if kind == "postgres" else nullcontext() as pg_url:
         if pg_url:

@@ -2,7 +2,7 @@
 
 import multiprocessing.process as mp_process
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from app.queue import make_celery
 from app.settings import Settings
@@ -22,3 +22,25 @@ def _own_multiprocessing_identity(**_) -> None:
     their deadline, when the job is stopped, and by the guard before it ends the process; give
     the standard library back a main-process identity so that it can start them."""
     mp_process._current_process = _MainProcess()
+
+
+_dispatcher = None
+
+
+@worker_ready.connect
+def _start_webhook_dispatcher(**_) -> None:
+    """Webhook deliveries go out from the worker's main process, in a thread of their own: the
+    pool's children run jobs, so a delivery never waits behind one (app.webhooks.dispatcher)."""
+    global _dispatcher
+    from app.db import make_engine, make_sessionmaker
+    from app.webhooks.dispatcher import Dispatcher
+
+    settings = Settings()
+    _dispatcher = Dispatcher(settings, make_sessionmaker(make_engine(settings.sqlalchemy_url)))
+    _dispatcher.start()
+
+
+@worker_shutdown.connect
+def _stop_webhook_dispatcher(**_) -> None:
+    if _dispatcher is not None:
+        _dispatcher.stop()

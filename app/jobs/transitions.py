@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.jobs.errors import JobErrorType
 from app.records import JobRecord
+from app.webhooks.outbox import record_job_end
 
 
 def _move(session: Session, job_id: str, allowed: tuple[str, ...], **values: Any) -> bool:
@@ -79,15 +80,23 @@ def report_progress(session: Session, job_id: str, progress: float, stage: str) 
                  heartbeat_at=utcnow())
 
 
+def _end(session: Session, job_id: str, allowed: tuple[str, ...], **values: Any) -> bool:
+    """A move to a final status; the job's webhook events join the same transaction."""
+    if not _move(session, job_id, allowed, finished_at=utcnow(), **values):
+        return False
+    record_job_end(session, job_id)
+    return True
+
+
 def succeed(session: Session, job_id: str, report: dict[str, Any], output_model_id: str | None) -> bool:
-    return _move(session, job_id, ("running",), status="succeeded", progress=1.0, stage="done", report=report,
-                 output_model_id=output_model_id, finished_at=utcnow())
+    return _end(session, job_id, ("running",), status="succeeded", progress=1.0, stage="done", report=report,
+                output_model_id=output_model_id)
 
 
 def fail(session: Session, job_id: str, type: JobErrorType, detail: str) -> bool:
-    return _move(session, job_id, ("queued", "running"), status="failed", stage="failed",
-                 error={"type": str(type), "detail": detail[:2000]}, finished_at=utcnow())
+    return _end(session, job_id, ("queued", "running"), status="failed", stage="failed",
+                error={"type": str(type), "detail": detail[:2000]})
 
 
 def cancel(session: Session, job_id: str) -> bool:
-    return _move(session, job_id, ("queued", "running"), status="cancelled", stage="cancelled", finished_at=utcnow())
+    return _end(session, job_id, ("queued", "running"), status="cancelled", stage="cancelled")
