@@ -15,13 +15,28 @@ from pathlib import Path
 import app
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace, create: bool = True):
     if getattr(args, "data_dir", None):
         os.environ["LATHE_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
     from app.settings import Settings
 
     settings = Settings()
-    settings.ensure_dirs()
+    if create:
+        settings.ensure_dirs()
+    return settings
+
+
+def _existing(args: argparse.Namespace):
+    """Settings of a deployment that exists: an admin command never starts a fresh embedded
+    database (run from another folder, ``keys create`` once made a second one, and the key it
+    printed was unknown to the running server)."""
+    settings = _settings(args, create=False)
+    database = settings.resolved_data_dir / "lathe.db"
+    if settings.is_embedded and settings.database_url is None and not database.exists():
+        raise SystemExit(
+            f"no Lathe database at {database}: run this command where `lathe serve` runs, or point it at the "
+            "server's data with --data-dir or LATHE_DATA_DIR (or LATHE_DATABASE_URL in production). "
+            "`lathe migrate` creates a new, empty deployment there if that is what you want.")
     return settings
 
 
@@ -56,9 +71,7 @@ def keys_create(args: argparse.Namespace) -> None:
     from app.db import make_engine, make_sessionmaker, transaction
     from app.tenants.service import create_key
 
-    settings = _settings(args)
-    if settings.is_embedded:
-        migrate(args)  # the embedded database may not exist yet
+    settings = _existing(args)
     engine = make_engine(settings.sqlalchemy_url)
     with transaction(make_sessionmaker(engine)) as s:
         key = create_key(s, args.tenant)
@@ -71,7 +84,7 @@ def keys_revoke(args: argparse.Namespace) -> None:
     from app.db import make_engine, make_sessionmaker, transaction
     from app.tenants.service import revoke_key
 
-    settings = _settings(args)
+    settings = _existing(args)
     engine = make_engine(settings.sqlalchemy_url)
     with transaction(make_sessionmaker(engine)) as s:
         count = revoke_key(s, args.key)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT
 
@@ -27,10 +28,23 @@ def _env(data_dir) -> dict[str, str]:
 
 
 def test_keys_create_prints_key_last(tmp_path):
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=_env(tmp_path / "d"), cwd=ROOT,
+                   capture_output=True, check=True)
     out = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "acme"],
                          env=_env(tmp_path / "d"), cwd=ROOT, capture_output=True, text=True, check=True)
     key = out.stdout.strip().splitlines()[-1]
     assert key.startswith("lk_") and len(key) > 40
+
+
+@pytest.mark.parametrize("command", [["keys", "create", "--tenant", "acme"], ["keys", "revoke", "lk_0123456789"]])
+def test_admin_commands_never_start_a_fresh_deployment(tmp_path, command):
+    """Run from the wrong folder, an admin command says where it looked and how to point it at
+    the server, and creates nothing there."""
+    out = subprocess.run([sys.executable, "-m", "app.cli", *command], env=_env(tmp_path / "elsewhere"),
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0 and "no Lathe database at" in out.stderr and "--data-dir" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "elsewhere").exists() and list(tmp_path.iterdir()) == []
 
 
 def test_serve_then_ctrl_c(tmp_path, mlp_onnx):
@@ -80,6 +94,7 @@ def test_keys_revoke(tmp_path):
     env = _env(tmp_path / "d")
     run = lambda *a: subprocess.run([sys.executable, "-m", "app.cli", "keys", *a], env=env, cwd=ROOT,  # noqa: E731
                                     capture_output=True, text=True)
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, capture_output=True, check=True)
     key = run("create", "--tenant", "acme").stdout.strip().splitlines()[-1]
     from fastapi.testclient import TestClient
 

@@ -12,6 +12,9 @@ of a newer one; clients never see it (``public``) and may not send it.
 
 from __future__ import annotations
 
+import difflib
+import json
+
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,17 +56,51 @@ class Step:
 def _step(name: str, params: dict[str, Any], loc: list[Any], stored: bool = False) -> Step:
     technique = all_techniques().get(name)
     if technique is None:
+        close = difflib.get_close_matches(str(name), list(all_techniques()), n=1, cutoff=0.6)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         raise InvalidParams(f"{'.'.join(map(str, loc[1:] + ['technique']))}: unknown technique {name!r}; "
-                           f"known: {sorted(all_techniques())}.",
-                           extra={"errors": [{"loc": loc + ["technique"], "msg": "unknown technique"}]})
+                            f"{hint}known: {sorted(all_techniques())}.",
+                            extra={"errors": [{"loc": loc + ["technique"], "msg": "unknown technique"}]})
     if stored and isinstance(params, dict):
         params = _current(technique, params, loc)
     try:
         return Step(technique, technique.Params.model_validate(params))
     except ValidationError as exc:
-        errors = [{"loc": loc + ["params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        errors = [{"loc": loc + ["params", *e["loc"]], "msg": _advice(technique.Params, e), "type": e["type"]}
+                  for e in exc.errors()]
         first = errors[0]
         raise InvalidParams(f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}", extra={"errors": errors}) from None
+
+
+def _advice(params: type[Params], error: Any) -> str:
+    """pydantic's message, plus what would be right: the valid names for an unknown field (the
+    closest first), the expected type and an example for a value of the wrong type."""
+    msg, field = error["msg"], error["loc"][0] if error["loc"] else None
+    fields = params.model_fields
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(field), list(fields), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        return f"unknown parameter for this technique; {hint}valid ones: {sorted(fields)}"
+    if field in fields and len(error["loc"]) == 1 and error["type"].endswith("_type"):
+        schema = params.model_json_schema()["properties"].get(field, {})
+        examples = [e for e in schema.get("examples", []) if e is not None]
+        expected = _described(schema)
+        return f"{msg} ({expected}{f', e.g. {json.dumps(examples[0])}' if examples else ''})"
+    return msg
+
+
+def _described(schema: dict[str, Any]) -> str:
+    """A JSON schema's type in words: "a list of integers", "a number or null"..."""
+    names = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+             "object": "an object", "null": "null"}
+    if "anyOf" in schema:
+        return "expected " + " or ".join(_described(s).removeprefix("expected ") for s in schema["anyOf"])
+    if schema.get("type") == "array":
+        item = schema.get("items", {}).get("type")
+        return f"expected a list of {item}s" if item in ("integer", "number", "string", "object") else "expected a list"
+    if "enum" in schema:
+        return f"expected one of {schema['enum']}"
+    return "expected " + names.get(schema.get("type", ""), "another type")
 
 
 def _current(technique: type[Technique], params: dict[str, Any], loc: list[Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import after_commit, utcnow
-from app.errors import Conflict, InvalidInput, TooManyRequests
+from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.engine import pipeline
 from app.engine.errors import InvalidParams
 from app.jobs import transitions
@@ -39,15 +39,18 @@ def create(session: Session, celery: Celery, settings: Settings, tenant: Tenant,
     for step in steps:
         if body.device not in step.technique.devices:
             raise InvalidInput(f"device: {step.name} runs on {list(step.technique.devices)}, not {body.device!r}.")
-    model = get_owned(session, ModelRecord, tenant.id, body.model_id, "model")
+    model = _owned_model(session, tenant, body.model_id)
     for model_id in pipeline.referenced_models(steps):
-        get_owned(session, ModelRecord, tenant.id, model_id, "model")
+        _owned_model(session, tenant, model_id)
     dataset = None
     if body.dataset_id:
         dataset = get_owned(session, DatasetRecord, tenant.id, body.dataset_id, "dataset")
         _check_dataset_fits(model, dataset)
     elif needing := [s.name for s in steps if s.technique.needs_dataset]:
-        raise InvalidInput(f"dataset_id: {', '.join(needing)} needs a dataset.")
+        raise InvalidInput(f"dataset_id: {', '.join(needing)} needs a dataset. Upload one with POST /v1/datasets "
+                           f"(an .npz whose arrays are named after the model's inputs "
+                           f"{[i.get('name') for i in (model.inputs or [])][:8]}, plus 'labels' for accuracy), "
+                           "then send its id as dataset_id.")
     technique_name, stored_params = pipeline.stored(steps)
     lock_tenant(session, tenant.id)  # count and insert as one step: parallel requests can't both see room
     active = session.scalar(select(func.count()).select_from(JobRecord).where(
@@ -73,6 +76,19 @@ def create(session: Session, celery: Celery, settings: Settings, tenant: Tenant,
 
     after_commit(session, _enqueue)
     return job
+
+
+def _owned_model(session: Session, tenant: Tenant, model_id: str) -> ModelRecord:
+    """The tenant's model; a 404 that says so when the "id" is one of its models' names."""
+    try:
+        return get_owned(session, ModelRecord, tenant.id, model_id, "model")
+    except NotFound:
+        named = session.scalars(owned(ModelRecord, tenant.id).where(ModelRecord.name == model_id)
+                                .order_by(ModelRecord.id.desc()).limit(1)).first()
+        if named is None:
+            raise
+        raise NotFound(f"No model with id {model_id!r}: that is a model's name, and jobs take ids; the newest "
+                       f"model named so has id {named.id!r} (GET /v1/models lists them).") from None
 
 
 def list_stmt(tenant: Tenant, status: str | None, model_id: str | None, technique: str | None):

@@ -70,7 +70,7 @@ def test_job_out_hides_the_stored_version():
 
 
 def test_a_client_cannot_send_the_version():
-    with pytest.raises(InvalidInput, match="Extra inputs"):
+    with pytest.raises(InvalidInput, match="unknown parameter for this technique"):
         plan.from_request("benchmark", {plan.VERSION: 1}, None)
 
 
