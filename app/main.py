@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import errors
 from app.datasets.routes import router as datasets_router
@@ -60,7 +61,9 @@ def create_app(settings: Settings | None = None, embedded_worker: WorkerSupervis
             reaper.stop()
         engine.dispose()
 
-    app = FastAPI(title="Lathe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # Swagger UI and ReDoc from the package's own copies: /docs must work without internet.
+    app = FastAPIOffline(title="Lathe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                         static_url="/docs-static", swagger_ui_parameters={"persistAuthorization": True})
     errors.install(app)
 
     def limit_for(method: str, path: str) -> int:
