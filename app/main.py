@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from app.openapi import typed_openapi
+
 from app import errors
 from app.datasets.routes import router as datasets_router
 from app.db import make_engine, make_sessionmaker
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, embedded_worker: WorkerSupervis
     app = FastAPIOffline(title="Lathe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                          static_url="/docs-static", swagger_ui_parameters={"persistAuthorization": True})
     errors.install(app)
+    app.openapi = lambda: typed_openapi(app)  # type: ignore[method-assign]
 
     def limit_for(method: str, path: str) -> int:
         if method == "POST" and path.rstrip("/") == "/v1/models":
