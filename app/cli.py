@@ -103,6 +103,9 @@ def api(args: argparse.Namespace) -> None:
     settings = _settings(args)
     host, port = args.host or settings.host, args.port or settings.port
     if args.processes > 1:  # each process builds its own app from the environment
+        from app.metrics import prepare_multiprocess
+
+        prepare_multiprocess(settings.resolved_data_dir / "metrics")  # a scrape of any process sums them all
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=args.processes,
                     log_level=settings.log_level)
     else:
@@ -125,6 +128,19 @@ def worker(args: argparse.Namespace) -> None:
         "--loglevel", settings.log_level.upper(), "--hostname", f"lathe-{queues.replace(',', '-')}-{os.getpid()}@%h",
         "--without-gossip", "--without-mingle",
     ])
+
+
+def openapi(args: argparse.Namespace) -> None:
+    """The typed OpenAPI document on stdout (docs/openapi.json is this output)."""
+    import json
+
+    from app.main import create_app
+    from app.openapi import typed_openapi
+    from app.settings import Settings
+
+    json.dump(typed_openapi(create_app(Settings(data_dir="/nonexistent-lathe-openapi"))), sys.stdout,
+              indent=1, sort_keys=True)
+    sys.stdout.write("\n")
 
 
 def _local_key(settings) -> str:
@@ -217,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ready-file", help="touched once the worker consumes jobs (lathe serve watches it)")
     p.set_defaults(fn=worker)
 
+    p = sub.add_parser("openapi", help="print the OpenAPI document (docs/openapi.json)")
+    p.set_defaults(fn=openapi)
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("create", parents=[common], help="create an API key (printed as the last line)")
     p.add_argument("--tenant", required=True)

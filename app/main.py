@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from app import metrics
 from app.openapi import typed_openapi
 
 from app import errors
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, embedded_worker: WorkerSupervis
         return SMALL_BODY
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    metrics.install(app)
     app.add_middleware(SecurityHeadersMiddleware)  # added last: outermost, sees the 413 too
     for router in (health_router, models_router, datasets_router, techniques_router, jobs_router,
                    webhooks_router):

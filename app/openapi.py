@@ -6,15 +6,13 @@ an object. Here the document says what is really accepted: the body is one of a 
 technique, discriminated by ``technique``, each with that technique's params (defaults,
 bounds, examples), or a pipeline whose steps are the same union. Swagger UI shows each one.
 
-``python -m app.openapi > docs/openapi.json`` exports it (tests/api/test_openapi.py fails when
+``lathe openapi > docs/openapi.json`` exports it (tests/api/test_openapi.py fails when
 the committed copy is stale).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from typing import Any
 
 from fastapi import FastAPI
@@ -71,16 +69,3 @@ def typed_openapi(app: FastAPI) -> dict[str, Any]:
                                       {"$ref": REF.format(model="PipelineJobCreate")}]}
     app.openapi_schema = doc
     return doc
-
-
-def main() -> None:
-    from app.main import create_app
-    from app.settings import Settings
-
-    app = create_app(Settings(data_dir="/nonexistent-lathe-openapi"))
-    json.dump(typed_openapi(app), sys.stdout, indent=1, sort_keys=True)
-    sys.stdout.write("\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -13,11 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_openapi_is_current():
-    """docs/openapi.json is what `python -m app.openapi` prints: regenerate it after an API change."""
-    now = subprocess.run([sys.executable, "-m", "app.openapi"], cwd=ROOT, capture_output=True, text=True, check=True)
+    """docs/openapi.json is what `lathe openapi` prints: regenerate it after an API change."""
+    now = subprocess.run([sys.executable, "-m", "app.cli", "openapi"], cwd=ROOT, capture_output=True, text=True, check=True)
     committed = (ROOT / "docs" / "openapi.json").read_text()
     assert json.loads(committed) == json.loads(now.stdout), \
-        "docs/openapi.json is stale: run `python -m app.openapi > docs/openapi.json`"
+        "docs/openapi.json is stale: run `lathe openapi > docs/openapi.json`"
 
 
 def test_job_params_are_typed_per_technique(tmp_path):
