@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import app
+from app import logs
 
 
 def _settings(args: argparse.Namespace, create: bool = True):
@@ -101,19 +102,32 @@ def api(args: argparse.Namespace) -> None:
     from app.main import create_app
 
     settings = _settings(args)
+    logs.configure(settings.log_format, settings.log_level)
     host, port = args.host or settings.host, args.port or settings.port
+    log_config = logs.uvicorn_config(settings.log_level)
     if args.processes > 1:  # each process builds its own app from the environment
         from app.metrics import prepare_multiprocess
 
         prepare_multiprocess(settings.resolved_data_dir / "metrics")  # a scrape of any process sums them all
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=args.processes,
-                    log_level=settings.log_level)
+        uvicorn.run("app.cli:app_factory", factory=True, host=host, port=port, workers=args.processes,
+                    log_level=settings.log_level, log_config=log_config)
     else:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, log_config=log_config)
+
+
+def app_factory():
+    """One API process of ``lathe api --processes N``: its logging, then its app."""
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level)
+    return create_app(settings)
 
 
 def worker(args: argparse.Namespace) -> None:
     settings = _settings(args)
+    logs.configure(settings.log_format, settings.log_level)  # before Celery starts: its warnings too
     from workers.celery_app import celery
 
     os.nice(settings.worker_nice)  # inherited by the pool's children
@@ -123,8 +137,9 @@ def worker(args: argparse.Namespace) -> None:
 
         ready_file = Path(args.ready_file)
         worker_ready.connect(lambda **_: ready_file.touch(), weak=False)
+    quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner: every line is JSON
     celery.worker_main([
-        "worker", "--queues", queues, "--concurrency", str(args.concurrency or settings.worker_concurrency),
+        *quiet, "worker", "--queues", queues, "--concurrency", str(args.concurrency or settings.worker_concurrency),
         "--loglevel", settings.log_level.upper(), "--hostname", f"lathe-{queues.replace(',', '-')}-{os.getpid()}@%h",
         "--without-gossip", "--without-mingle",
     ])
@@ -174,6 +189,7 @@ def serve(args: argparse.Namespace) -> None:
     from app.supervisor import WorkerSupervisor
 
     settings = _settings(args)
+    logs.configure(settings.log_format, settings.log_level)
     migrate(args)
     key = _local_key(settings)
     host, port = args.host or settings.host, args.port or settings.port
@@ -181,7 +197,7 @@ def serve(args: argparse.Namespace) -> None:
     worker = WorkerSupervisor([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu,gpu"], env,
                               settings.resolved_data_dir / "worker.ready")
     server = uvicorn.Server(uvicorn.Config(create_app(settings, embedded_worker=worker), host=host, port=port,
-                                           log_level=settings.log_level))
+                                           log_level=settings.log_level, log_config=logs.uvicorn_config(settings.log_level)))
     stopping: list[int] = []
 
     def on_signal(sig: int, frame) -> None:

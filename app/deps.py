@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app import logs
 from app.db import transaction
 from app.errors import Unauthorized
 from app.settings import Settings
@@ -61,6 +62,7 @@ async def _tenant(request: Request, creds: Annotated[HTTPAuthorizationCredential
         tenant = await run_in_threadpool(cache.lookup, request.app.state.sessionmaker, creds.credentials)
     if tenant is None:
         raise Unauthorized("This API key is not valid.")
+    logs.bind(tenant=tenant.name)
     return tenant
 
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import metrics
+from app.logs import RequestIdMiddleware
 from app.openapi import typed_openapi
 
 from app import errors
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, embedded_worker: WorkerSupervis
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     metrics.install(app)
+    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every line of the request carries its id
     app.add_middleware(SecurityHeadersMiddleware)  # added last: outermost, sees the 413 too
     for router in (health_router, models_router, datasets_router, techniques_router, jobs_router,
                    webhooks_router):

@@ -2,7 +2,9 @@
 
 import multiprocessing.process as mp_process
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutdown
+
+from app import logs
 
 from app.queue import make_celery
 from app.settings import Settings
@@ -11,6 +13,17 @@ from app.settings import Settings
 _MainProcess = type(mp_process.current_process())
 celery = make_celery(Settings())
 celery.conf.include = ["workers.tasks"]
+
+
+@setup_logging.connect
+def _logging(**_) -> None:
+    """Celery configures no logging of its own: its lines and ours share LATHE_LOG_FORMAT."""
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level)
+    if settings.log_format == "json":  # what Celery prints from its signal handlers, as JSON lines too
+        import celery.apps.worker
+
+        celery.apps.worker.safe_say = lambda msg, f=None: logs.signal_safe_line("celery.worker", msg, f)
 
 
 @worker_process_init.connect

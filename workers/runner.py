@@ -8,6 +8,7 @@ thread (workers.guard) heartbeats and enforces cancellation, memory and time lim
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import blobs
+from app import logs
 from app.db import make_engine, make_sessionmaker, transaction
 from app.engine import pipeline
 from app.engine.base import Context, Result
@@ -86,6 +88,7 @@ def _load(s, job_id: str) -> Loaded:
     """Everything the claimed job needs, or a TechniqueError that fails it for good: a row that
     can't be loaded now never will be, so it must not go back to the queue."""
     job = s.get(JobRecord, job_id)
+    logs.bind(technique=job.technique, tenant=job.tenant_id)
     # Outputs of an earlier attempt whose worker died were never reported: start clean.
     store = _resources()[2]
     for stale in s.query(ModelRecord).filter_by(job_id=job_id, tenant_id=job.tenant_id).all():
@@ -141,6 +144,7 @@ def run_job(slot: str) -> None:
     """Run one job for a message; slot is the id of the job the message was sent for."""
     settings, sessions, _store = _resources()
     job_id = _db(sessions, _claim, slot)
+    logs.bind(job_id=job_id)
     if job_id is None:
         log.info("message %s: no job queued on its queue (cancelled, finished, or run for another message)", slot)
         return
@@ -180,16 +184,20 @@ def run_job(slot: str) -> None:
         if not _db(sessions, transitions.report_progress, job_id, fraction, stage):
             raise JobStopped("cancelled")
 
+    started = time.monotonic()
+    log.info("job %s started (attempt on this worker: pid %d)", job_id, os.getpid())
     try:
         with guard:
             results = pipeline.run(loaded.steps, loaded.ctx, workdir, progress)
         _db(sessions, _finish, job_id, loaded, results)
+        log.info("job %s succeeded in %.1f s", job_id, time.monotonic() - started)
     except JobStopped as stop:
         if stop.reason == "timeout":
             fail(JobErrorType.TIMEOUT, f"The job ran past its time limit of {settings.job_soft_time_limit_s} s and was stopped.")
         else:
             log.info("job %s cancelled", job_id)
     except TechniqueError as exc:
+        log.info("job %s failed after %.1f s: %s", job_id, time.monotonic() - started, exc.type)
         fail(exc.type, exc.detail)
     except Exception as exc:
         log.exception("job %s failed", job_id)
