@@ -12,10 +12,11 @@ from app.engine.base import Context
 from app.engine.errors import InvalidParams
 
 HEADS_NOT_PRUNED = (
-    "not pruned: heads are split by Reshape nodes whose target shape TorchScript exports "
-    "compute from Shape ops at run time (and dynamo exports share one shape constant across "
-    "layers), so removing heads would need those shape computations rewritten; only FFN "
-    "neurons are removed")
+    "not pruned: the Q/K/V Reshape nodes that split heads take a shape computed at run time "
+    "(Shape -> Concat with the head count as one constant element; only dynamo exports of "
+    "fixed-length inputs such as Whisper's use a constant), and dynamo exports share that "
+    "shape tensor between layers, so removing heads means rewriting those shape computations "
+    "per layer; only FFN neurons are removed")
 
 
 def uses_onnx_route(path: Path, method: str) -> bool:
@@ -52,7 +53,7 @@ def run(ctx: Context, p: Any, name: str) -> tuple[dict[str, Any], Path]:
 
     from app.engine.prune import ffn
     from app.engine.pytorch import data as td, report as tr
-    from app.engine.pytorch.export import sample_feed, verify_against
+    from app.engine.pytorch.export import verify_against
     from app.engine.runtime.model_info import inspect_onnx
 
     ctx.progress(0.0, "finding FFN blocks")
@@ -107,7 +108,7 @@ def run(ctx: Context, p: Any, name: str) -> tuple[dict[str, Any], Path]:
     elif training is not None:
         notes.append("val_fraction is 0: fidelity is measured on the training data")
     measured = tr.compare(ctx, p, output, evaluation, span=(0.62, 0.97))
-    one = sample_feed(ctx.model_path, batch=1)
+    one = _one_sample(ctx.model_path, p)
     parent = {"parameter_count": inspect_onnx(ctx.model_path)["parameter_count"],
               "macs": ffn.onnx_macs(ctx.model_path, one, ctx.workdir),
               "size_bytes": ctx.model_path.stat().st_size}
@@ -127,6 +128,15 @@ def run(ctx: Context, p: Any, name: str) -> tuple[dict[str, Any], Path]:
         "environment": tr.environment(), "notes": notes,
     }
     return report, output
+
+
+def _one_sample(path: Path, p: Any) -> dict[str, Any]:
+    """One generated sample shaped as the latency grid's inputs (the job's dims)."""
+    from app.engine.pytorch.export import io_specs
+    from app.engine.runtime.inputs import generate_feed
+
+    return generate_feed(io_specs(path)[0], 1, dims=p.dims, default_dim=p.default_dim,
+                         int_high=p.int_high)
 
 
 def _shapes(details: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:

@@ -124,3 +124,20 @@ def test_gated_ffn_prunes_both_up_projections(tmp_path):
     assert _widths(tmp_path / "pruned.onnx") == [32]
     feed = {"input_ids": ids.numpy()}
     assert _run(tmp_path / "pruned.onnx", feed)[0].shape == _run(path, feed)[0].shape
+
+
+def test_pruning_succeeds_without_recovery_when_torch_cannot_take_the_graph(
+        bert, make_ctx, tmp_path, monkeypatch):
+    from app.engine.pytorch import loading
+
+    def refuse(*_a, **_k):
+        raise UnsupportedModel("Converter is not implemented (Frobnicate)")
+
+    monkeypatch.setattr(loading, "onnx_to_torch", refuse)
+    params = PruneStructuredParams(ratio=0.5, fine_tune={"epochs": 1, "lr": 1e-3}, **MEASURE)
+    report = PruneStructured().run(make_ctx(bert, params, dataset=_dataset(
+        tmp_path / "d.npz", 32, seed=1))).report
+    assert report["training"] is None
+    assert report["pruning"]["ffn"]["recovery"] == "skipped (see notes)"
+    assert any("Frobnicate" in n and "without it" in n for n in report["notes"])
+    assert [b["neurons_after"] for b in report["pruning"]["ffn"]["blocks"]] == [32, 32]
