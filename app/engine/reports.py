@@ -486,6 +486,10 @@ class Training(Part):
     stopped_early_at_epoch: int | None = None
     restored_best_weights: bool | None = None
     student_accuracy_before_training: float | None = None
+    objective: str | None = Field(default=None, description="What the student learned (FFN "
+                                  "recovery: the parent's outputs).")
+    trained_tensors: list[str] = Field(default=[], description="FFN recovery: the pruned "
+                                       "initializers trained; every other weight is frozen.")
 
 
 class TorchReport(Report):
@@ -511,13 +515,34 @@ class LayerShapes(Part):
     after: list[int] | None = None
 
 
+class FFNBlock(Part):
+    """One transformer feed-forward block pruned in the ONNX graph (``prune.ffn``)."""
+
+    name: str = Field(description="Node name of its (first) up-projection.")
+    activation: str
+    up: list[str] = Field(default=[], description="Up-projection node names (two when gated).")
+    down: str
+    neurons_before: int
+    neurons_after: int
+    protected: bool = False
+
+
+class FFNPruning(Part):
+    blocks: list[FFNBlock] = []
+    importance_source: str
+    attention_heads: str = Field(description="Whether attention heads were pruned, and why not.")
+    recovery: str
+
+
 class StructuredPruning(Part):
     ratio: float
     importance: str
     round_to: int | None = None
+    method: Literal["torch", "onnx_ffn"] | None = None
     protected_layers: list[str] = []
     pruned_layers: list[str] = []
     layer_shapes: dict[str, LayerShapes] = {}
+    ffn: FFNPruning | None = Field(default=None, description="The transformer (onnx) route.")
 
 
 class PruneStructuredReport(TorchReport):

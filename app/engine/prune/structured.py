@@ -43,8 +43,16 @@ class PruneStructuredParams(MeasureParams):
     importance: Literal["l1", "l2", "taylor"] = Field(
         default="l1",
         description="How channels are ranked: L1 or L2 norm of their weights, or Taylor "
-        "(|weight x gradient| on a batch of the dataset, or of generated inputs).",
+        "(|weight x gradient| on a batch of the dataset, or of generated inputs). On the "
+        "transformer (onnx) route, FFN neurons are ranked by |up column| x |down row| norms, "
+        "or, with a dataset (or 'taylor'), by mean |activation| x |down row| norm.",
         json_schema_extra={"examples": ["l1"]})
+    method: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="torch: onnx2torch + Torch-Pruning (CNNs, MLPs). onnx: remove transformer "
+        "feed-forward neurons in the ONNX graph itself. auto: onnx for transformers (attention "
+        "and feed-forward blocks), torch otherwise.",
+        json_schema_extra={"examples": ["auto"]})
     keep_layers: list[Name] = Field(
         default_factory=list, max_length=256,
         description="Layers (ONNX node names, e.g. \"/layer1/conv/Conv\") whose output "
@@ -64,8 +72,9 @@ class PruneStructured(Technique):
     name = "prune.structured"
     description = (
         "Structured pruning: physically removes channels/neurons (Torch-Pruning dependency "
-        "graph, residual-safe), optional recovery fine-tuning or distillation from the "
-        "unpruned model; reports parameters, MACs, size, latency and accuracy before/after.")
+        "graph, residual-safe; transformer FFN neurons in the ONNX graph), optional recovery "
+        "fine-tuning or distillation from the unpruned model; reports parameters, MACs, size, "
+        "latency and accuracy before/after.")
     Params = PruneStructuredParams
     needs_dataset = False  # only fine_tune needs one; run() says so with advice
     produces_model = True
@@ -87,6 +96,12 @@ class PruneStructured(Technique):
         if ft is not None and ctx.dataset_path is None:
             raise DatasetMismatch("fine_tune needs the job's dataset: add dataset_id (an .npz "
                                   "with the model's inputs and, for source 'labels', 'labels')")
+        from app.engine.prune import onnx_route
+
+        if onnx_route.uses_onnx_route(ctx.model_path, p.method):
+            report, output = onnx_route.run(ctx, p, self.name)
+            return Result(report=checked({"schema_version": SCHEMA_VERSION,
+                                          "technique": self.name, **report}), output_path=output)
         ctx.progress(0.0, "loading")
         torch.manual_seed(p.seed)
         notes: list[str] = []
@@ -138,7 +153,7 @@ class PruneStructured(Technique):
             "schema_version": SCHEMA_VERSION, "technique": self.name,
             "parent": parent, "result": result,
             "pruning": {"ratio": p.ratio, "importance": p.importance, "round_to": p.round_to,
-                        **pruned, "layer_shapes": _shapes(before, module)},
+                        "method": "torch", **pruned, "layer_shapes": _shapes(before, module)},
             "training": training, "verification": verification,
             "device": ctx.device, **measured,
             "verdict": tr.verdict(parent, result, measured),

@@ -53,9 +53,9 @@ def split(data: dict[str, Any], val_fraction: float, seed: int) -> tuple[dict, d
     return take(order[n_val:]), (take(order[:n_val]) if n_val else None)
 
 
-def teacher_logits(model: Path, data: dict[str, Any], device: str = "cpu",
-                   batch: int = 256) -> Any:
-    """The first output of ``model`` on every sample, [N, classes] float32."""
+def teacher_outputs(model: Path, data: dict[str, Any], device: str = "cpu",
+                    batch: int = 256) -> Any:
+    """The first output of ``model`` on every sample, float32, whatever its shape."""
     import numpy as np
 
     from app.engine.runtime.sessions import create_session, run_session
@@ -65,7 +65,13 @@ def teacher_logits(model: Path, data: dict[str, Any], device: str = "cpu",
     for start in range(0, len(data["inputs"][0]), batch):
         feed = {n: a[start:start + batch] for n, a in zip(data["names"], data["inputs"])}
         outs.append(run_session(session, feed, "dataset")[0])
-    logits = np.concatenate(outs).astype(np.float32)
+    return np.concatenate(outs).astype(np.float32)
+
+
+def teacher_logits(model: Path, data: dict[str, Any], device: str = "cpu",
+                   batch: int = 256) -> Any:
+    """The first output of ``model`` on every sample, [N, classes] float32."""
+    logits = teacher_outputs(model, data, device, batch)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise UnsupportedModel(f"the model's first output has shape {list(logits.shape)}; "
                                "training needs classification logits [batch, classes]")

@@ -52,9 +52,10 @@ def verdict(parent: dict, result: dict, measured: dict, *, speed_claim: bool = T
     faster = bool(speed_claim and speedups and min(speedups) >= FASTER)
     smaller = result["size_bytes"] < parent["size_bytes"]
     acc = measured.get("accuracy") or {}
+    macs = (f"MACs x{result['macs'] / max(parent['macs'], 1):.2f}, "
+            if result.get("macs") is not None and parent.get("macs") is not None else "")
     parts = [f"{result['parameter_count']:,} parameters (parent {parent['parameter_count']:,}), "
-             f"MACs x{result['macs'] / max(parent['macs'], 1):.2f}, size "
-             f"x{result['size_bytes'] / parent['size_bytes']:.2f}"]
+             f"{macs}size x{result['size_bytes'] / parent['size_bytes']:.2f}"]
     if speedups:
         best = max(points, key=lambda p: p["batch_size"])
         parts.append(f"p50 at batch {best['batch_size']}: {best['parent_p50_ms']} ms -> "

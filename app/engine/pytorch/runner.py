@@ -24,14 +24,14 @@ def torch_device(ctx: Context, notes: list[str]) -> str:
 
 def train(ctx: Context, module: Any, train_data: dict, val_data: dict | None,
           params: TrainingParams, *, temperature: float, alpha: float, device: str,
-          span: tuple[float, float]) -> dict[str, Any]:
+          span: tuple[float, float], objective: str = "kd") -> dict[str, Any]:
     """Train ``module`` in place; returns the report's ``training`` section."""
     from app.engine.pytorch.train import TrainConfig, fit, lr_range_test
 
     cfg = TrainConfig(epochs=params.epochs, lr=params.lr_value() or 1e-3,
                       optimizer=params.optimizer, batch_size=params.batch_size,
                       temperature=temperature, alpha=alpha, patience=params.patience,
-                      seed=params.seed)
+                      seed=params.seed, objective=objective)
     out: dict[str, Any] = {"optimizer": params.optimizer, "batch_size": params.batch_size,
                            "epochs_max": params.epochs, "processes": params.processes,
                            "device": device, "train_samples": len(train_data["inputs"][0]),

@@ -27,6 +27,7 @@ class TrainConfig:
     patience: int = 3
     weight_decay: float = 1e-4
     seed: int = 0
+    objective: str = "kd"  # kd | mse: match the teacher's outputs (embeddings, no classes)
 
 
 def kd_loss(student: Any, teacher: Any | None, labels: Any | None, cfg: TrainConfig) -> Any:
@@ -34,6 +35,8 @@ def kd_loss(student: Any, teacher: Any | None, labels: Any | None, cfg: TrainCon
     the soft term's gradients on the same scale as the hard term's whatever the temperature."""
     import torch.nn.functional as F
 
+    if cfg.objective == "mse":  # relative to the teacher's energy: 1.0 = outputs of zeros
+        return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(1e-12)
     alpha = cfg.alpha if labels is not None else 1.0
     alpha = alpha if teacher is not None else 0.0
     loss = 0.0
@@ -45,6 +48,14 @@ def kd_loss(student: Any, teacher: Any | None, labels: Any | None, cfg: TrainCon
     if alpha < 1:
         loss = loss + (1 - alpha) * F.cross_entropy(student, labels)
     return loss
+
+
+def _correct(out: Any, labels: Any, teacher: Any, cfg: TrainConfig) -> int:
+    """Top-1 hits against the labels, else the teacher's top-1; 0 for the mse objective."""
+    if cfg.objective == "mse":
+        return 0
+    target = labels if labels is not None else teacher.argmax(1)
+    return int((out.argmax(1) == target).sum())
 
 
 def first_output(out: Any) -> Any:
@@ -92,10 +103,10 @@ def evaluate(model: Any, data: dict[str, Any], cfg: TrainConfig, device: Any) ->
                                              device)
             out = first_output(model(*inputs)).float()
             total += float(kd_loss(out, teacher, labels, cfg)) * len(out)
-            target = labels if labels is not None else teacher.argmax(1)
-            correct += int((out.argmax(1) == target).sum())
+            correct += _correct(out, labels, teacher, cfg)
             count += len(out)
-    return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1)}
+    accuracy = None if cfg.objective == "mse" else correct / max(count, 1)
+    return {"loss": total / max(count, 1), "accuracy": accuracy}
 
 
 def fit(model: Any, train: dict[str, Any], val: dict[str, Any] | None, cfg: TrainConfig, *,
@@ -134,22 +145,21 @@ def fit(model: Any, train: dict[str, Any], val: dict[str, Any] | None, cfg: Trai
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            target = labels if labels is not None else teacher.argmax(1)
-            sums += torch.tensor([float(loss.detach()) * len(out), int((out.argmax(1) == target).sum()),
-                                  len(out)], dtype=torch.float64)
+            sums += torch.tensor([float(loss.detach()) * len(out),
+                                  _correct(out, labels, teacher, cfg), len(out)], dtype=torch.float64)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         if world > 1:  # the report shows the loss over the whole epoch, every shard included
             torch.distributed.all_reduce(sums)
         record = {"epoch": epoch, "lr": float(f"{lr:.4g}"),
                   "train_loss": round(float(sums[0] / sums[2]), 6),
-                  "train_accuracy": round(float(sums[1] / sums[2]), 6)}
+                  "train_accuracy": None if cfg.objective == "mse" else round(float(sums[1] / sums[2]), 6)}
         if val is not None:
             # Every rank scores the full held-out split: identical weights give identical
             # decisions, so early stopping needs no extra communication.
             scored = evaluate(model, val, cfg, device)
-            record.update(val_loss=round(scored["loss"], 6),
-                          val_accuracy=round(scored["accuracy"], 6))
+            record.update(val_loss=round(scored["loss"], 6), val_accuracy=None
+                          if scored["accuracy"] is None else round(scored["accuracy"], 6))
             if scored["loss"] < best_loss - 1e-7:
                 best_loss, best_epoch, bad = scored["loss"], epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
