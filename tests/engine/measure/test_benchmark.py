@@ -226,3 +226,18 @@ def test_recommend_picks_the_highest_throughput_inside_the_sla():
     assert recommend(points, None, None)["best"]["batch_size"] == 32
     assert recommend(points, 10.0, 1000)["best"] is None
     assert recommend(points, 0.5, None)["best"] is None
+
+
+def test_a_tail_outlier_p99_never_decides_the_sla_unflagged():
+    from app.engine.measure.benchmark import recommend
+
+    # batch 8: p50 0.05 ms, p99 13.5 ms (the numbers): interference, not the model
+    points = [{"batch_size": b, "threads": 1, "provider": "CPUExecutionProvider", "p50_ms": p50,
+               "p99_ms": p99, "throughput_items_per_s": round(b / p50 * 1e3, 2)}
+              for b, p50, p99 in ((1, 0.04, 0.05), (8, 0.05, 13.5), (32, 0.5, 0.6))]
+    rec = recommend(points, 10.0, None)  # batch 8 is turned down on its flagged p99 alone
+    assert rec["best"]["batch_size"] == 32
+    assert len(rec["flags"]) == 1 and "batch 8" in rec["flags"][0] and "270x the p50" in rec["flags"][0]
+    rec = recommend(points, 20.0, None)  # batch 8 is picked: its p99 is flagged with it
+    assert rec["best"]["batch_size"] == 8 and rec["flags"][0].startswith("the recommended point: p99 13.5 ms")
+    assert recommend(points[:1], 10.0, None)["flags"] == []

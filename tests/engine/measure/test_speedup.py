@@ -163,3 +163,40 @@ def test_a_cpu_hog_never_makes_a_faster_model_slower(pair):
     assert load["busy"] is True and load["busy_points"] == 1, load
     assert load["others_cores"] >= 1.0, load  # two spinning processes, at least one core's worth
     assert "host busy" in load["summary"]
+
+
+def test_a_quantization_beside_a_cpu_hog_is_never_called_slower(make_ctx, tmp_path):
+    """quantize.dynamic of a MatMul-heavy MLP (FFN blocks: integer MatMuls beat float ones at
+    every batch on x86) with two spinning processes beside the whole job: its report may say
+    faster or inconclusive at each point, never slower, and records the busy host."""
+    import torch
+
+    from app.engine.quantize.dynamic import QuantizeDynamic, QuantizeDynamicParams
+
+    torch.manual_seed(0)
+    ffn = torch.nn.Sequential(*[m for _ in range(2) for m in (
+        torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 256))])
+    path = tmp_path / "ffn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ffn.eval(), (torch.randn(2, 256),), str(path), input_names=["x"],
+                          output_names=["out"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    params = QuantizeDynamicParams(batch_sizes=[1, 16], per_channel=True, warmup=2, min_runs=20,
+                                   max_runs=400, min_seconds=0.05, max_seconds=4.0)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        report = QuantizeDynamic().run(make_ctx(path, params)).report
+    finally:
+        for h in hogs:
+            h.kill()
+        for h in hogs:
+            h.wait()
+    kinds = [c["speedup_ci"]["verdict"] for c in report["comparison"]]
+    assert "slower" not in kinds, report["comparison"]
+    assert report["verdict"]["faster"] is not False and "NOT faster" not in report["verdict"]["summary"]
+    assert report["verdict"]["speed"] in ("faster", "inconclusive")
+    assert report["host_load"]["busy"] is True and report["host_load"]["others_cores"] >= 1.0
+    for c in report["comparison"]:
+        assert c["host_load"]["busy"] is True
+        assert c["speedup_ci"]["ci_low"] <= c["speedup"] <= c["speedup_ci"]["ci_high"]

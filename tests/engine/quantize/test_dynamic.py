@@ -49,6 +49,9 @@ def test_mlp_quantized(models, make_ctx, fast, empty_cwd):
 
     fid = report["fidelity"]
     assert fid["source"] == "generated" and fid["samples"] == 64
+    # the report says what it measured: 64 generated samples of the 256 the params asked for
+    assert fid["samples_requested"] == 256 and "64 of the 256 requested" in fid["samples_note"]
+    assert report["host_load"]["points"] == 2 and report["host_load"]["summary"]
     assert fid["outputs"]["out"]["cosine_mean"] > 0.99
     assert fid["outputs"]["out"]["cosine_min"] > 0.95
     assert 0 < fid["outputs"]["out"]["mean_abs_error"] <= fid["outputs"]["out"]["max_abs_error"]
