@@ -301,6 +301,7 @@ class BenchmarkReport(Report):
     results: list[BenchmarkPoint]
     skipped: list[Skipped] = []
     noisy_points: int | None = None
+    host_load: HostLoad | None = None
     recommendation: Recommendation | None = None
     session_create_ms: float | None = None
     memory: Memory | None = None

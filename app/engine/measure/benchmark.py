@@ -119,6 +119,7 @@ class Benchmark(Technique):
             "results": results,
             "skipped": grid["skipped"],
             "noisy_points": sum(1 for r in results if r.get("noisy")),
+            "host_load": grid["host_load"],
             "recommendation": recommend(results, params.max_latency_ms, params.min_throughput),
             # The first session's creation includes one-time costs (kernel registration...).
             "session_create_ms": results[0]["session_create_ms"],

@@ -18,8 +18,8 @@ from app.engine.runtime.inputs import batch_conflict, input_specs
 from app.engine.params import MeasureParams
 from app.engine.base import Device, ProgressFn
 from app.engine.errors import InferenceFailed, UnsupportedModel
-from app.engine.measure.speedup import merge_host_load, time_paired
-from app.engine.measure.stats import median_ci_rel, summarize
+from app.engine.measure.speedup import HostLoadProbe, merge_host_load, time_paired
+from app.engine.measure.stats import median, median_ci_rel, summarize
 from app.engine.runtime.sessions import create_session, run_session, short_reason, used_provider
 
 TICK_NS = 500_000_000
@@ -49,17 +49,19 @@ def time_runs(
         if time.perf_counter_ns() >= deadline:
             break
     times: list[int] = []
+    cpu: list[int] = []
     timed = 0
     min_ns = int(params.min_seconds * 1e9)
     next_tick = time.perf_counter_ns() + TICK_NS
     next_ci = 0
     while True:
-        t0 = time.perf_counter_ns()
+        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
         try:
             session.run(None, feed)
         except Exception as exc:  # a later run failing after a good warm-up: still user-facing
             raise InferenceFailed(f"onnxruntime failed during timing ({short_reason(exc)})") from None
         t1 = time.perf_counter_ns()
+        cpu.append(time.process_time_ns() - c0)
         times.append(t1 - t0)
         timed += t1 - t0
         if len(times) >= params.max_runs or t1 >= deadline:
@@ -74,7 +76,8 @@ def time_runs(
         if tick is not None and t1 >= next_tick:
             tick()  # outside the try: a cancellation raised here must reach the worker as is
             next_tick = time.perf_counter_ns() + TICK_NS
-    return {**summarize(times, batch_size), "warmup_runs": warm,
+    return {**summarize(times, batch_size), "cpu_p50_ms": round(median(cpu) / 1e6, 4),
+            "warmup_runs": warm,
             # True when max_seconds cut timing short of min_runs: fewer samples, wider error.
             "budget_exhausted": len(times) < params.min_runs,
             "noisy": params.ci_target is not None and median_ci_rel(times) > params.ci_target,
@@ -97,9 +100,9 @@ def measure_grid(
     For each point all models get the SAME feed in the same process. With several models
     the point is a comparison: ``speedup.time_paired`` interleaves them in rounds, every
     model after the first carries ``vs_reference`` (its speedup over the first, with interval
-    and verdict) and the point carries ``host_load``. Returns ``points`` (one per measured
-    point, ``{label: stats}``), ``skipped`` batch sizes, ``specs``, ``provider`` and, for a
-    comparison, ``host_load`` over all points.
+    and verdict). Every point carries ``host_load``. Returns ``points`` (one per measured
+    point, ``{label: stats}``), ``skipped`` batch sizes, ``specs``, ``provider`` and
+    ``host_load`` over all points.
     """
     specs: list[dict[str, Any]] | None = None
     points: list[dict[str, Any]] = []
@@ -132,8 +135,10 @@ def measure_grid(
             tick = lambda: progress(fraction, stage)  # noqa: E731
             if len(sessions) == 1:
                 label, (session, create_ms) = next(iter(sessions.items()))
+                probe = HostLoadProbe().start()
                 point[label] = time_runs(session, feed, batch_size=batch, params=params,
                                          session_create_ms=create_ms, what=what, tick=tick)
+                point["host_load"] = probe.stop(threads=threads)
             else:  # a comparison: interleaved rounds, speedups vs the first model
                 paired = time_paired({k: s for k, (s, _) in sessions.items()}, feed,
                                      batch_size=batch, params=params, threads=threads, what=what,
@@ -151,7 +156,7 @@ def measure_grid(
         )
     return {
         "points": points,
-        "host_load": merge_host_load([p["host_load"] for p in points if "host_load" in p]),
+        "host_load": merge_host_load([p["host_load"] for p in points]),
         "skipped": [{"batch_size": b, "reason": r} for b, r in skipped.items()],
         "specs": specs,
         "provider": provider,

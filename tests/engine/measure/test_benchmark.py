@@ -34,7 +34,11 @@ def test_report_structure_and_numbers(models, make_ctx, fast):
         assert 0 < p["min_ms"] <= p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"]
         assert fast["min_runs"] <= p["runs"] <= fast["max_runs"]
         assert p["throughput_items_per_s"] > 0 and p["session_create_ms"] > 0
+        # one definition of items/s: batch / p50 (p50 as reported is rounded)
+        assert p["throughput_items_per_s"] == pytest.approx(p["batch_size"] / p["p50_ms"] * 1e3, rel=0.02)
+        assert p["cpu_p50_ms"] > 0 and p["tail_outlier"] == (p["p99_ms"] > 5 * p["p50_ms"])
         assert p["input_shapes"] == {"x": [p["batch_size"], 128]}
+    assert report["host_load"]["points"] == 4 and 0 <= report["host_load"]["others_cpu_percent"] <= 100
     memory = report["memory"]
     assert memory["rss_before_session_bytes"] > 0 and memory["rss_after_runs_bytes"] > 0
     assert memory["process_peak_rss_bytes"] >= memory["rss_before_session_bytes"] // 2
