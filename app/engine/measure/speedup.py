@@ -26,7 +26,6 @@ from app.engine.measure.stats import CONFIDENCE, median, median_ci, median_ci_re
 
 THRESHOLD = 0.03  # a speedup under 3% is within the run-to-run noise of a shared CPU
 MIN_ROUNDS = 10  # the median's 95% interval needs at least 6; 10 gives it some width to shrink
-BUSY_OTHERS = 0.25  # other processes used a quarter of the machine: they compete with us
 STARVED = 0.85  # this process got under 85% of the CPU time its wall time asked for
 SLOW_RUN_NS = 10_000_000  # runs over 10 ms: one per model per round, so rounds stay short
 
@@ -53,11 +52,18 @@ def speed_verdict(speedup: float | None, low: float | None, high: float | None, 
     if effect < threshold:
         return {"verdict": "inconclusive", "reason": (
             f"{direction} by under {threshold:.0%} ({span}), within measurement noise{load_txt}")}
-    if busy and (cpu_speedup is None or (cpu_speedup > 1.0) != (direction == "faster")):
+    agrees = cpu_speedup is not None and (
+        cpu_speedup >= 1.0 + threshold if direction == "faster" else cpu_speedup <= 1.0 / (1.0 + threshold))
+    if busy and not agrees:
         cpu_txt = "not measured" if cpu_speedup is None else f"{cpu_speedup:.2f}x"
         return {"verdict": "inconclusive", "reason": (
             f"wall time says {direction} ({span}) but the CPU-time ratio ({cpu_txt}) does not "
             f"agree{load_txt}")}
+    if busy and cpu_speedup is not None and abs(math.log(speedup / cpu_speedup)) > math.log(1.25):
+        # Other processes' time slices stretch a long run more than a short one, so under
+        # contention the wall ratio drifts from what a quiet host shows; CPU time does not.
+        load_txt += (f"; the CPU-time ratio ({cpu_speedup:.2f}x) is closer to a quiet host's "
+                     "than the wall-time one: contention stretches long runs more than short ones")
     return {"verdict": direction, "reason": f"{direction}: {span}{load_txt}"}
 
 
@@ -91,7 +97,10 @@ class HostLoadProbe:
         others = max(0.0, busy_all - own)
         share = min(1.0, own / (wall * max(1, min(threads, self.cores))))
         others_frac = others / total
-        busy = others_frac >= BUSY_OTHERS or share < STARVED or steal / total >= 0.05
+        # busy: other processes plus our threads wanted more cores than there are, or we
+        # visibly waited for a core, or the hypervisor took a noticeable share
+        busy = (others_frac * self.cores + min(threads, self.cores) > self.cores
+                or share < STARVED or steal / total >= 0.05)
         out = {
             "cores": self.cores,
             "wall_s": round(wall, 3),
@@ -123,8 +132,8 @@ def merge_host_load(loads: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
     def weighted(key: str) -> float:
         return sum(x[key] * x["wall_s"] for x in loads) / wall
 
-    worst = max(loads, key=lambda x: x["others_cpu_percent"])
     busy = [x for x in loads if x["busy"]]
+    worst = max(busy or loads, key=lambda x: (x["others_cpu_percent"], -x["own_cpu_share"]))
     out = {"cores": loads[0]["cores"], "wall_s": round(wall, 3),
            "own_cpu_s": round(sum(x["own_cpu_s"] for x in loads), 3),
            "own_cpu_share": round(weighted("own_cpu_share"), 3),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.engine.measure.latency import measure_grid
-from app.engine.measure.speedup import overall_verdict, speed_verdict
+from app.engine.measure.speedup import merge_host_load, overall_verdict, speed_verdict
 from app.engine.measure.stats import median, median_ci, median_ci_rel, throughput
 from app.engine.params import MeasureParams
 
@@ -108,6 +108,10 @@ def test_busy_host_needs_cpu_time_to_agree():
     assert speed_verdict(0.6, 0.5, 0.7, cpu_speedup=0.62, host_load=busy)["verdict"] == "slower"
     assert speed_verdict(1.6, 1.5, 1.7, cpu_speedup=1.5, host_load=busy)["verdict"] == "faster"
     assert speed_verdict(1.6, 1.5, 1.7, cpu_speedup=None, host_load=busy)["verdict"] == "inconclusive"
+    # CPU time must agree beyond the noise threshold too
+    assert speed_verdict(1.6, 1.5, 1.7, cpu_speedup=1.01, host_load=busy)["verdict"] == "inconclusive"
+    v = speed_verdict(8.0, 7.8, 8.5, cpu_speedup=3.0, host_load=busy)  # long runs stretched more
+    assert v["verdict"] == "faster" and "CPU-time ratio (3.00x) is closer to a quiet host's" in v["reason"]
     # on a quiet host the wall-time interval alone decides
     quiet = {"busy": False, "summary": "host quiet"}
     assert speed_verdict(0.6, 0.5, 0.7, cpu_speedup=1.4, host_load=quiet)["verdict"] == "slower"
@@ -119,6 +123,20 @@ def test_points_combine_into_one_verdict():
     assert overall_verdict([f, i]) == {"verdict": "inconclusive", "faster": None}
     assert overall_verdict([s, i]) == {"verdict": "slower", "faster": False}
     assert overall_verdict([f, s]) == {"verdict": "mixed", "faster": False}
+
+
+def test_host_load_of_several_points_keeps_the_busy_one():
+    def load(others, share, busy, wall):
+        return {"cores": 2, "wall_s": wall, "own_cpu_s": share * wall, "own_cpu_share": share,
+                "others_cpu_percent": others, "others_cores": others / 50, "steal_percent": 0.0,
+                "loadavg_1m": [1.0, 2.0], "busy": busy, "summary": f"{others}% by others"}
+
+    merged = merge_host_load([load(10.0, 1.0, False, 3.0), load(70.0, 0.5, True, 1.0)])
+    assert merged["busy"] is True and (merged["busy_points"], merged["points"]) == (1, 2)
+    assert merged["others_cpu_percent"] == 25.0  # weighted by wall time: (10 * 3 + 70) / 4
+    assert merged["summary"] == "host busy at 1 of 2 measured points; worst: 70.0% by others"
+    assert merge_host_load([load(5.0, 1.0, False, 1.0)])["busy"] is False
+    assert merge_host_load([]) is None
 
 
 # --- measured on real models ----------------------------------------------------------------
