@@ -97,11 +97,14 @@ class SpeedupEstimate(Part):
     of per-round ratios (reference time / this model's time) with its interval and verdict."""
 
     reference: str | None = None
+    basis: Literal["wall", "cpu"] | None = Field(default=None, description=(
+        "What speedup and its interval are in: wall time, or process CPU time on a busy host."))
     speedup: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
     confidence: float | None = None
     rounds: int | None = None
+    wall_speedup: float | None = Field(default=None, description="The median per-round ratio in wall time.")
     cpu_speedup: float | None = Field(default=None, description="The same ratio in process CPU time.")
     verdict: Literal["faster", "slower", "inconclusive"]
     reason: str | None = None
@@ -141,7 +144,8 @@ class ComparePoint(Part):
     parent_p50_ms: float
     result_p50_ms: float
     speedup: float = Field(description="Median of per-round parent/result time ratios, timed "
-                           "interleaved (older reports: parent p50 / result p50); above 1 is faster.")
+                           "interleaved, in speedup_ci.basis time (older reports: parent p50 / "
+                           "result p50); above 1 is faster.")
     speedup_ci: SpeedupEstimate | None = None
     parent_p90_ms: float | None = None
     result_p90_ms: float | None = None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.engine.measure.latency import measure_grid
-from app.engine.measure.speedup import merge_host_load, overall_verdict, speed_verdict
+from app.engine.measure.speedup import estimate, merge_host_load, overall_verdict, speed_verdict
 from app.engine.measure.stats import median, median_ci, median_ci_rel, throughput
 from app.engine.params import MeasureParams
 
@@ -99,22 +99,36 @@ def test_verdict_needs_an_interval_that_excludes_one():
     assert v["verdict"] == "inconclusive" and "too few" in v["reason"]
 
 
-def test_busy_host_needs_cpu_time_to_agree():
+def test_a_busy_host_is_judged_on_cpu_time_checked_by_wall_time():
     busy = {"busy": True, "summary": "host busy: other processes used 66% of the CPU"}
-    # wall time says slower, CPU time says faster: the wall ratio is the other processes'
-    v = speed_verdict(0.6, 0.5, 0.7, cpu_speedup=1.4, host_load=busy)
+    # CPU time says slower, wall time says faster: no verdict
+    v = speed_verdict(0.6, 0.5, 0.7, basis="cpu", check=1.4, host_load=busy)
     assert v["verdict"] == "inconclusive"
-    assert "CPU-time ratio (1.40x) does not agree" in v["reason"] and "66%" in v["reason"]
-    assert speed_verdict(0.6, 0.5, 0.7, cpu_speedup=0.62, host_load=busy)["verdict"] == "slower"
-    assert speed_verdict(1.6, 1.5, 1.7, cpu_speedup=1.5, host_load=busy)["verdict"] == "faster"
-    assert speed_verdict(1.6, 1.5, 1.7, cpu_speedup=None, host_load=busy)["verdict"] == "inconclusive"
-    # CPU time must agree beyond the noise threshold too
-    assert speed_verdict(1.6, 1.5, 1.7, cpu_speedup=1.01, host_load=busy)["verdict"] == "inconclusive"
-    v = speed_verdict(8.0, 7.8, 8.5, cpu_speedup=3.0, host_load=busy)  # long runs stretched more
-    assert v["verdict"] == "faster" and "CPU-time ratio (3.00x) is closer to a quiet host's" in v["reason"]
+    assert "wall-time ratio (1.40x) does not agree" in v["reason"] and "66%" in v["reason"]
+    assert speed_verdict(0.6, 0.5, 0.7, basis="cpu", check=0.62, host_load=busy)["verdict"] == "slower"
+    assert speed_verdict(1.6, 1.5, 1.7, basis="cpu", check=1.5, host_load=busy)["verdict"] == "faster"
+    v = speed_verdict(1.6, 1.5, 1.7, basis="wall", check=None, host_load=busy)
+    assert v["verdict"] == "inconclusive" and "CPU-time ratio (not measured)" in v["reason"]
+    v = speed_verdict(3.0, 2.9, 3.1, basis="cpu", check=8.0, host_load=busy)  # long runs stretched
+    assert v["verdict"] == "faster" and "the wall-time ratio was 8.00x" in v["reason"]
     # on a quiet host the wall-time interval alone decides
     quiet = {"busy": False, "summary": "host quiet"}
-    assert speed_verdict(0.6, 0.5, 0.7, cpu_speedup=1.4, host_load=quiet)["verdict"] == "slower"
+    assert speed_verdict(0.6, 0.5, 0.7, check=1.4, host_load=quiet)["verdict"] == "slower"
+
+
+def test_the_estimate_switches_to_cpu_time_on_a_busy_host():
+    busy, quiet = {"busy": True, "summary": "busy"}, {"busy": False, "summary": "quiet"}
+    wall, cpu = [8.0 + 0.1 * (i % 3) for i in range(20)], [3.0 + 0.01 * (i % 5) for i in range(20)]
+    est = estimate(wall, cpu, quiet)
+    assert est["basis"] == "wall" and est["speedup"] == est["wall_speedup"] == 8.1
+    assert est["ci_low"] <= 8.1 <= est["ci_high"] and est["verdict"] == "faster"
+    est = estimate(wall, cpu, busy)
+    assert est["basis"] == "cpu" and est["speedup"] == est["cpu_speedup"] == 3.02
+    assert est["wall_speedup"] == 8.1 and est["verdict"] == "faster" and est["rounds"] == 20
+    assert estimate([0.5] * 20, cpu, busy)["verdict"] == "inconclusive"  # they disagree
+    assert estimate(wall, [], busy)["basis"] == "wall"  # no CPU ratios: wall, unchecked...
+    assert estimate(wall, [], busy)["verdict"] == "inconclusive"  # ...so no verdict
+    assert estimate(wall[:5], cpu[:5], quiet)["verdict"] == "inconclusive"  # too few rounds
 
 
 def test_points_combine_into_one_verdict():
