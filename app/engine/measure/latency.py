@@ -19,11 +19,10 @@ from app.engine.params import MeasureParams
 from app.engine.base import Device, ProgressFn
 from app.engine.errors import InferenceFailed, UnsupportedModel
 from app.engine.measure.speedup import HostLoadProbe, merge_host_load, time_paired
-from app.engine.measure.stats import median, median_ci_rel, summarize
+from app.engine.measure.stats import CI_CHECK_NS, median, median_ci_rel, summarize
 from app.engine.runtime.sessions import create_session, run_session, short_reason, used_provider
 
 TICK_NS = 500_000_000
-CI_CHECK_NS = 100_000_000
 FeedFn = Callable[[Sequence[Mapping[str, Any]], int], dict[str, Any]]
 
 

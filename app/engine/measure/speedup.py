@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from app.engine.errors import InferenceFailed
-from app.engine.measure.stats import CONFIDENCE, median, median_ci, median_ci_rel, summarize
+from app.engine.measure.stats import CI_CHECK_NS, CONFIDENCE, median, median_ci, median_ci_rel, summarize
 
 THRESHOLD = 0.03  # a speedup under 3% is within the run-to-run noise of a shared CPU
 MIN_ROUNDS = 10  # the median's 95% interval needs at least 6; 10 gives it some width to shrink
@@ -176,9 +176,9 @@ def time_paired(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_s
 
     Returns ``{"timings": {label: stats}, "host_load": {...}}``. Each stats dict is
     ``summarize`` of its wall times plus ``cpu_p50_ms``; every label but ``reference`` (default:
-    the first) also has ``vs_reference``: the median over rounds of (reference's median wall
-    time in the round / this model's), its 95% interval, the same ratio in CPU time, the
-    number of rounds and the ``speed_verdict``.
+    the first) also has ``vs_reference`` (``estimate``): the median over rounds of (reference's
+    median time in the round / this model's) in wall time, or in CPU time on a busy host, its
+    95% interval, both ratios, the number of rounds and the ``speed_verdict``.
 
     Stops when every model has ``params.min_runs`` runs and ``params.min_seconds`` of timed
     runs, there are at least MIN_ROUNDS rounds and (with ``params.ci_target``) every ratio's
@@ -205,14 +205,20 @@ def time_paired(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_s
     cpu_ratios: dict[str, list[float]] = {k: [] for k in ratios}
     deadline = time.perf_counter_ns() + int(params.max_seconds * 1e9) * len(labels)
     min_ns = int(params.min_seconds * 1e9)
+    timed = dict.fromkeys(labels, 0)
     probe = HostLoadProbe().start()
-    rounds = 0
+    rounds, next_ci = 0, 0
 
-    def settled() -> bool:
-        if rounds < MIN_ROUNDS or any(len(w) < params.min_runs or sum(w) < min_ns for w in wall.values()):
+    def settled(now: int) -> bool:
+        nonlocal next_ci
+        if rounds < MIN_ROUNDS or any(len(wall[k]) < params.min_runs or timed[k] < min_ns for k in labels):
             return False
-        return params.ci_target is None or all(median_ci_rel(r) <= params.ci_target
-                                               for r in ratios.values())
+        if params.ci_target is None:
+            return True
+        if now < next_ci:  # sorting every round would cost more than a tiny model's rounds
+            return False
+        next_ci = now + CI_CHECK_NS
+        return all(median_ci_rel(r) <= params.ci_target for r in ratios.values())
 
     while True:
         order = labels if rounds % 2 == 0 else labels[::-1]
@@ -232,6 +238,7 @@ def time_paired(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_s
             this_wall[label], this_cpu[label] = ws, cs
             wall[label] += ws
             cpu[label] += cs
+            timed[label] += sum(ws)
         rounds += 1
         ref_w, ref_c = median(this_wall[reference]), median(this_cpu[reference])
         for label in ratios:
@@ -241,8 +248,8 @@ def time_paired(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_s
                 cpu_ratios[label].append(ref_c / c)
         if tick is not None:
             tick()
-        if settled() or time.perf_counter_ns() >= deadline or \
-                min(len(w) for w in wall.values()) >= params.max_runs:
+        now = time.perf_counter_ns()
+        if settled(now) or now >= deadline or min(len(w) for w in wall.values()) >= params.max_runs:
             break
     host_load = probe.stop(threads=threads)
     timings: dict[str, dict[str, Any]] = {}

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 CONFIDENCE = 0.95
+CI_CHECK_NS = 100_000_000  # stopping rules sort their samples at most this often
 TAIL_RATIO = 5.0  # p99 above 5x the p50: the tail is interference, not the model
 EXACT_UP_TO = 300  # exact binomial ranks below; the normal approximation is within one rank above
 
