@@ -301,3 +301,14 @@ def test_summary_shows_agreement_inconclusive_speed_and_measurement_flags():
     assert "256 of the 512 requested" in html
     assert "0.70× – 1.20×" in html and ">inconclusive<" in html and "tail outliers" in html
     assert '<span class="bad">0.85×' not in html and '<span class="">0.85×' in html  # not red: unproven
+
+
+def test_compare_table_shows_each_speedup_with_its_interval():
+    report = load("compare")
+    twin = next(m["id"] for m in report["models"][1:])
+    point = report["points"][0]
+    point["results"][twin]["vs_reference"] = {"reference": report["models"][0]["id"], "basis": "wall",
+                                              "speedup": 2.0, "ci_low": 1.9, "ci_high": 2.1,
+                                              "rounds": 30, "verdict": "faster", "reason": "faster: 2.00x"}
+    html, _ = render(report)
+    assert "speedup (95% interval)" in html and '<span class="good">2.00×</span> (1.90× – 2.10×, faster)' in html
