@@ -72,6 +72,44 @@ class Skipped(Part):
     reason: str
 
 
+class HostLoad(Part):
+    """CPU load on the host while a comparison was timed (``measure.speedup.HostLoadProbe``):
+    the whole machine's busy time minus this process's is other processes' load."""
+
+    cores: int | None = None
+    wall_s: float | None = None
+    own_cpu_s: float | None = None
+    own_cpu_share: float | None = Field(default=None, description=(
+        "CPU time this process got / the wall time its threads could have used (1 = never waited)."))
+    others_cpu_percent: float | None = Field(default=None, description=(
+        "Share of the machine's CPU capacity used by other processes during the measurement."))
+    others_cores: float | None = None
+    steal_percent: float | None = None
+    loadavg_1m: list[float | None] = Field(default=[], description="1-minute load average at start and end.")
+    busy: bool | None = None
+    busy_points: int | None = None
+    points: int | None = None
+    summary: str | None = None
+
+
+class SpeedupEstimate(Part):
+    """A speedup measured in interleaved rounds (``measure.speedup.time_paired``): the median
+    of per-round ratios (reference time / this model's time) with its interval and verdict."""
+
+    reference: str | None = None
+    basis: Literal["wall", "cpu"] | None = Field(default=None, description=(
+        "What speedup and its interval are in: wall time, or process CPU time on a busy host."))
+    speedup: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float | None = None
+    rounds: int | None = None
+    wall_speedup: float | None = Field(default=None, description="The median per-round ratio in wall time.")
+    cpu_speedup: float | None = Field(default=None, description="The same ratio in process CPU time.")
+    verdict: Literal["faster", "slower", "inconclusive"]
+    reason: str | None = None
+
+
 class Latency(Part):
     """One model timed at one point (``app.engine.measure.latency``)."""
 
@@ -86,7 +124,12 @@ class Latency(Part):
     runs: int | None = None
     ci_rel_half_width: float | None = Field(
         default=None, description="Relative half-width of the 95% interval of p50.")
-    throughput_items_per_s: float | None = None
+    throughput_items_per_s: float | None = Field(default=None, description=(
+        "batch size / p50 (reports of older engines: batch size x runs / total timed time)."))
+    tail_outlier: bool | None = Field(default=None, description="p99 above 5x the p50.")
+    cpu_p50_ms: float | None = Field(default=None, description="Median process CPU time of one run.")
+    vs_reference: SpeedupEstimate | None = Field(default=None, description=(
+        "In a comparison, every model but the reference: its interleaved speedup over it."))
     warmup_runs: int | None = None
     budget_exhausted: bool | None = None
     noisy: bool | None = None
@@ -100,11 +143,20 @@ class ComparePoint(Part):
     threads: int
     parent_p50_ms: float
     result_p50_ms: float
-    speedup: float = Field(description="parent p50 / result p50: above 1 is faster.")
+    speedup: float = Field(description="Median of per-round parent/result time ratios, timed "
+                           "interleaved, in speedup_ci.basis time (older reports: parent p50 / "
+                           "result p50); above 1 is faster.")
+    speedup_ci: SpeedupEstimate | None = None
     parent_p90_ms: float | None = None
     result_p90_ms: float | None = None
+    parent_p99_ms: float | None = None
+    result_p99_ms: float | None = None
+    parent_cpu_p50_ms: float | None = None
+    result_cpu_p50_ms: float | None = None
     parent_runs: int | None = None
     result_runs: int | None = None
+    tail_outliers: list[str] = Field(default=[], description="p99s above 5x their p50, explained.")
+    host_load: HostLoad | None = None
     input_shapes: dict[str, list[int]] = {}
 
 
@@ -126,7 +178,9 @@ class OutputFidelity(Part):
 
 class Fidelity(Part):
     source: Literal["dataset", "generated"] | None = None
-    samples: int | None = None
+    samples: int | None = Field(default=None, description="Samples actually compared.")
+    samples_requested: int | None = None
+    samples_note: str | None = Field(default=None, description="Why fewer were compared than requested.")
     outputs: dict[str, OutputFidelity] = {}
 
 
@@ -158,7 +212,8 @@ class SizeCount(Part):
 class Verdict(Part):
     """Only what was measured: ``faster`` needs every point faster."""
 
-    faster: bool | None = None
+    faster: bool | None = Field(default=None, description="null: the measurement could not tell (see speed).")
+    speed: Literal["faster", "slower", "mixed", "inconclusive"] | None = None
     smaller: bool | None = None
     within_tolerance: bool | None = None
     smaller_compressed: bool | None = None
@@ -239,6 +294,7 @@ class Recommendation(Part):
     sla: Sla
     best: BestPoint | None = None
     reason: str | None = None
+    flags: list[str] = Field(default=[], description="Why the recommendation's p99 may not be the model's own.")
 
 
 class BenchmarkReport(Report):
@@ -249,6 +305,7 @@ class BenchmarkReport(Report):
     results: list[BenchmarkPoint]
     skipped: list[Skipped] = []
     noisy_points: int | None = None
+    host_load: HostLoad | None = None
     recommendation: Recommendation | None = None
     session_create_ms: float | None = None
     memory: Memory | None = None
@@ -269,6 +326,7 @@ class ComparedPoint(Part):
     provider: str | None = None
     results: dict[str, Latency] = Field(description="Timings by model id.")
     ratios: dict[str, float] = Field(default={}, description="p50 / the job model's p50, by model id.")
+    host_load: HostLoad | None = None
 
 
 class Evaluation(Part):
@@ -287,6 +345,7 @@ class CompareReport(Report):
     points: list[ComparedPoint]
     skipped: list[Skipped] = []
     accuracy: dict[str, Evaluation] | None = Field(default=None, description="By model id, with a dataset.")
+    host_load: HostLoad | None = None
     inputs: Inputs | None = None
     environment: Environment | None = None
     notes: list[str] = []
@@ -376,6 +435,7 @@ class QuantizeReport(Report):
     device: Device | None = None
     provider: str | None = None
     comparison: list[ComparePoint]
+    host_load: HostLoad | None = None
     skipped: list[Skipped] = []
     fidelity: Fidelity | None = None
     accuracy: Accuracy | None = None
@@ -500,6 +560,7 @@ class TorchReport(Report):
     verification: Verification
     device: Device | None = None
     latency: list[ComparePoint] = []
+    host_load: HostLoad | None = None
     provider: str | None = None
     skipped: list[Skipped] = []
     accuracy: Accuracy | None = None

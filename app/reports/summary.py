@@ -73,6 +73,35 @@ def accuracy_text(report: BaseModel) -> tuple[str, str]:
     return NA, ""
 
 
+def agreement_text(report: BaseModel) -> str:
+    """Top-1 agreement with the parent (the lowest over outputs), shown beside the tolerance
+    badge: a result "within tolerance" by mean cosine can still change 1 answer in 8."""
+    fidelity = getattr(report, "fidelity", None)
+    outputs = fidelity.outputs.values() if isinstance(fidelity, r.Fidelity) else []
+    agree = [o.top1_agreement for o in outputs if num(o.top1_agreement) is not None]
+    if not agree:
+        return ""
+    text = f"top-1 agreement {fmt_num(min(agree))}"
+    samples = fidelity.samples if num(fidelity.samples) is not None else None
+    return text + (f" on {samples:,} samples" if samples is not None else "")
+
+
+def measurement_flags(report: BaseModel) -> list[str]:
+    """What may make the numbers wrong: a busy host, tail outliers, fewer samples than asked."""
+    flags = []
+    load = getattr(report, "host_load", None)
+    if isinstance(load, r.HostLoad) and load.busy and load.summary:
+        flags.append(load.summary)
+    for point in _comparison(report) + list(getattr(report, "latency", None) or []):
+        flags += [f"batch {point.batch_size}: {t}" for t in point.tail_outliers]
+    rec = getattr(report, "recommendation", None)
+    flags += list(rec.flags) if isinstance(rec, r.Recommendation) else []
+    fidelity = getattr(report, "fidelity", None)
+    if isinstance(fidelity, r.Fidelity) and fidelity.samples_note:
+        flags.append(fidelity.samples_note)
+    return flags
+
+
 def _sla_text(rec: r.Recommendation) -> str:
     sla = rec.sla
     bounds = [f"{sla.latency_stat} ≤ {fmt_ms(sla.max_latency_ms)}" if num(sla.max_latency_ms) is not None else "",
@@ -179,5 +208,6 @@ def summary_card(report: BaseModel, status: str | None = None) -> str:
     reasons = v.reasons if v and not v.summary else []
     rec = getattr(report, "recommendation", None)
     return render("summary.html", report=report, status=status, verdict=v, tiles=tiles, rec=rec,
+                  agreement=agreement_text(report), flags=measurement_flags(report),
                   sla_text=_sla_text(rec) if rec else "", notes=[*reasons, *getattr(report, "notes", [])],
                   steps=_steps(report))

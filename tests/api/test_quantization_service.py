@@ -80,7 +80,8 @@ def test_quantize_techniques(api, mlp_onnx, digits_npz, digits_x, tmp_path, tech
     assert report["accuracy"]["task"] == "classification"
     v = report["verdict"]
     assert v["within_tolerance"] == (report["accuracy"]["drop"] <= 1.0)
-    assert v["faster"] == all(c["speedup"] > 1 for c in report["comparison"])
+    kinds = [c["speedup_ci"]["verdict"] for c in report["comparison"]]
+    assert v["faster"] == (True if set(kinds) == {"faster"} else False if "slower" in kinds else None)
     got = run_file(api, out["id"], tmp_path, digits_x[:128])
     ref = run_file(api, model["id"], tmp_path, digits_x[:128])
     assert got.dtype == np.float32 and got.shape == ref.shape

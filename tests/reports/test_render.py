@@ -278,3 +278,37 @@ def test_templates_are_package_data():
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["app.reports"]
     templates = [p.relative_to(root / "app" / "reports").as_posix() for p in (root / "app/reports/templates").iterdir()]
     assert templates and all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates)
+
+
+def test_summary_shows_agreement_inconclusive_speed_and_measurement_flags():
+    report = load("quantize.dynamic")
+    html, _ = render(report)  # a report of an older engine: no interval, no host load
+    assert "top-1 agreement 1 on 256 samples" in html and "speed inconclusive" not in html
+    report["fidelity"]["outputs"]["logits"]["top1_agreement"] = 0.875
+    report["fidelity"].update(samples_requested=512, samples_note="256 of the 512 requested samples were compared: the dataset has 256 samples")
+    busy = {"cores": 2, "wall_s": 3.0, "others_cpu_percent": 80.0, "busy": True,
+            "summary": "host busy: other processes used 80% of the CPU (1.6 of 2 cores)"}
+    report["host_load"] = busy
+    for c in report["comparison"]:
+        c["speedup_ci"] = {"speedup": c["speedup"], "ci_low": 0.7, "ci_high": 1.2, "rounds": 40,
+                           "verdict": "inconclusive", "reason": "the interval straddles 1"}
+    report["comparison"][0]["tail_outliers"] = ["parent: p99 13.5 ms is 270x the p50 0.05 ms"]
+    report["verdict"].update(faster=None, speed="inconclusive")
+    html, _ = render(report)
+    assert "top-1 agreement 0.875 on 256 samples" in html and "✓ within tolerance" in html
+    assert "speed inconclusive" in html and "not faster" not in html
+    assert "host busy: other processes used 80%" in html and "batch 1: parent: p99 13.5 ms" in html
+    assert "256 of the 512 requested" in html
+    assert "0.70× – 1.20×" in html and ">inconclusive<" in html and "tail outliers" in html
+    assert '<span class="bad">0.85×' not in html and '<span class="">0.85×' in html  # not red: unproven
+
+
+def test_compare_table_shows_each_speedup_with_its_interval():
+    report = load("compare")
+    twin = next(m["id"] for m in report["models"][1:])
+    point = report["points"][0]
+    point["results"][twin]["vs_reference"] = {"reference": report["models"][0]["id"], "basis": "wall",
+                                              "speedup": 2.0, "ci_low": 1.9, "ci_high": 2.1,
+                                              "rounds": 30, "verdict": "faster", "reason": "faster: 2.00x"}
+    html, _ = render(report)
+    assert "speedup (95% interval)" in html and '<span class="good">2.00×</span> (1.90× – 2.10×, faster)' in html

@@ -119,6 +119,7 @@ class Benchmark(Technique):
             "results": results,
             "skipped": grid["skipped"],
             "noisy_points": sum(1 for r in results if r.get("noisy")),
+            "host_load": grid["host_load"],
             "recommendation": recommend(results, params.max_latency_ms, params.min_throughput),
             # The first session's creation includes one-time costs (kernel registration...).
             "session_create_ms": results[0]["session_create_ms"],
@@ -155,20 +156,30 @@ def recommend(results: list[dict[str, Any]], max_latency_ms: float | None,
               min_throughput: float | None) -> dict[str, Any]:
     """The point with the highest throughput whose p99 meets the SLA (p99, not p50: an SLA is
     about the slow requests too)."""
+    from app.engine.measure.stats import tail_flag
+
     sla = {"max_latency_ms": max_latency_ms, "min_throughput": min_throughput, "latency_stat": "p99"}
     ok = [r for r in results
           if (max_latency_ms is None or r["p99_ms"] <= max_latency_ms)
           and (min_throughput is None or r["throughput_items_per_s"] >= min_throughput)]
+    # A p99 far above its p50 is interference more often than the model: say so wherever it
+    # decided something (the pick, or a point the SLA turned down on that p99 alone).
+    flags = [f"batch {r['batch_size']}, {r['threads']} thread(s): {flag}" for r in results
+             if (flag := tail_flag(r["p50_ms"], r["p99_ms"]))
+             and max_latency_ms is not None and r["p99_ms"] > max_latency_ms]
     if not ok:
         fastest = min(results, key=lambda r: r["p99_ms"])
-        return {"sla": sla, "best": None, "reason": (
+        return {"sla": sla, "best": None, "flags": flags, "reason": (
             f"no measured point meets the SLA; the lowest p99 was {fastest['p99_ms']} ms "
             f"(batch {fastest['batch_size']}, {fastest['threads']} thread(s)) at "
             f"{fastest['throughput_items_per_s']} items/s")}
     best = max(ok, key=lambda r: r["throughput_items_per_s"])
+    if flag := tail_flag(best["p50_ms"], best["p99_ms"]):
+        flags.insert(0, f"the recommended point: {flag}")
     pick = {k: best[k] for k in ("batch_size", "threads", "provider", "p50_ms", "p99_ms", "throughput_items_per_s")}
     why = "highest throughput" + (f" with p99 <= {max_latency_ms} ms" if max_latency_ms is not None else "")
     if min_throughput is not None:
         why += f" and >= {min_throughput} items/s"
     noisy = " (this point is noisy: re-run before relying on it)" if best.get("noisy") else ""
-    return {"sla": sla, "best": pick, "reason": f"{why} of {len(results)} measured points{noisy}"}
+    return {"sla": sla, "best": pick, "flags": flags,
+            "reason": f"{why} of {len(results)} measured points{noisy}"}

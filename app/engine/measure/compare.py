@@ -36,15 +36,15 @@ class CompareParams(MeasureParams):
 @register
 class Compare(Technique):
     name = "compare"
-    description = ("Benchmark several models in one worker process, interleaved (A B C A B C ...) on the "
-                   "same inputs, with latency ratios to the job's model and accuracy on the dataset if given.")
+    description = ("Benchmark several models in one worker process, interleaved (A B C, C B A, ...) on the "
+                   "same inputs, with speedups over the job's model (median per-round ratio, 95% interval) and accuracy on the dataset if given.")
     Params = CompareParams
     model_params = ("model_ids",)
 
     def run(self, ctx: Context) -> Result:
         from app.engine.runtime.environment import describe_environment
         from app.engine.measure.accuracy import compare_models
-        from app.engine.measure.latency import time_interleaved
+        from app.engine.measure.speedup import merge_host_load, time_paired
         from app.engine.runtime.inputs import batch_conflict, input_specs
         from app.engine.runtime.sessions import create_session, sweep_providers, used_provider
 
@@ -64,11 +64,14 @@ class Compare(Technique):
             if conflict := batch_conflict(specs, batch):
                 skipped.append({"batch_size": batch, "reason": conflict})
                 continue
-            results = time_interleaved(sessions, feeds(specs, batch), batch_size=batch, params=params,
-                                       what=feeds.what, tick=lambda: ctx.progress(0.7 * n / len(grid), stage))
+            paired = time_paired(sessions, feeds(specs, batch), batch_size=batch, params=params,
+                                 reference=own, threads=threads, what=feeds.what,
+                                 tick=lambda: ctx.progress(0.7 * n / len(grid), stage))
+            results = paired["timings"]
             first = results[own]["p50_ms"]
             points.append({"batch_size": batch, "threads": threads, "provider": used_provider(sessions[own]),
-                           "results": results, "ratios": {i: round(r["p50_ms"] / first, 4) for i, r in results.items()}})
+                           "results": results, "ratios": {i: round(r["p50_ms"] / first, 4) for i, r in results.items()},
+                           "host_load": paired["host_load"]})
         if not points:
             raise UnsupportedModel(f"no requested batch size can be fed to the job's model: {skipped[0]['reason']}")
         accuracy = None
@@ -84,15 +87,21 @@ class Compare(Technique):
             "models": [{"id": i, "label": "job model" if i == own else i,
                         "size_bytes": paths[i].stat().st_size} for i in ids],
             "points": points, "skipped": skipped, "accuracy": accuracy,
+            "host_load": merge_host_load([p["host_load"] for p in points]),
             "inputs": feeds.describe(specs), "environment": describe_environment(), "notes": notes,
             "summary": _summary(ids, points),
         }))
 
 
 def _summary(ids: list[str], points: list[dict[str, Any]]) -> str:
+    """Per model: its speedup range over the job's model and the verdict of every point
+    together (``speedup.overall_verdict``): a busy host gives "inconclusive", never a flip."""
+    from app.engine.measure.speedup import overall_verdict
+
     parts = []
     for i in ids[1:]:
-        ratios = [p["ratios"][i] for p in points]
-        parts.append(f"{i}: p50 {min(ratios):.2f}x to {max(ratios):.2f}x of the job model's "
-                     f"({'faster' if max(ratios) < 1 else 'slower' if min(ratios) > 1 else 'mixed'})")
+        ests = [p["results"][i]["vs_reference"] for p in points]
+        speedups = [e["speedup"] for e in ests if e["speedup"] is not None]
+        span = f"speedup {min(speedups):.2f}x to {max(speedups):.2f}x" if speedups else "no speedup"
+        parts.append(f"{i}: {span} over the job model ({overall_verdict(ests)['verdict']})")
     return "; ".join(parts)

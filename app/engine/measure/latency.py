@@ -1,5 +1,5 @@
-"""Latency measurement: the one timing function every technique uses, the batch x threads grid
-around it, and process memory readings.
+"""Latency measurement: one model's timing (``time_runs``), the batch x threads grid around it
+that also runs every comparison (through ``speedup.time_paired``), and process memory readings.
 
 Only stdlib at module top (technique modules import this; the API imports those); numpy,
 psutil and onnxruntime are imported inside the functions.
@@ -7,7 +7,6 @@ psutil and onnxruntime are imported inside the functions.
 
 from __future__ import annotations
 
-import math
 import resource
 import sys
 import time
@@ -19,10 +18,11 @@ from app.engine.runtime.inputs import batch_conflict, input_specs
 from app.engine.params import MeasureParams
 from app.engine.base import Device, ProgressFn
 from app.engine.errors import InferenceFailed, UnsupportedModel
+from app.engine.measure.speedup import HostLoadProbe, merge_host_load, time_paired
+from app.engine.measure.stats import CI_CHECK_NS, median, median_ci_rel, summarize
 from app.engine.runtime.sessions import create_session, run_session, short_reason, used_provider
 
 TICK_NS = 500_000_000
-CI_CHECK_NS = 100_000_000
 FeedFn = Callable[[Sequence[Mapping[str, Any]], int], dict[str, Any]]
 
 
@@ -48,17 +48,19 @@ def time_runs(
         if time.perf_counter_ns() >= deadline:
             break
     times: list[int] = []
+    cpu: list[int] = []
     timed = 0
     min_ns = int(params.min_seconds * 1e9)
     next_tick = time.perf_counter_ns() + TICK_NS
     next_ci = 0
     while True:
-        t0 = time.perf_counter_ns()
+        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
         try:
             session.run(None, feed)
         except Exception as exc:  # a later run failing after a good warm-up: still user-facing
             raise InferenceFailed(f"onnxruntime failed during timing ({short_reason(exc)})") from None
         t1 = time.perf_counter_ns()
+        cpu.append(time.process_time_ns() - c0)
         times.append(t1 - t0)
         timed += t1 - t0
         if len(times) >= params.max_runs or t1 >= deadline:
@@ -73,79 +75,12 @@ def time_runs(
         if tick is not None and t1 >= next_tick:
             tick()  # outside the try: a cancellation raised here must reach the worker as is
             next_tick = time.perf_counter_ns() + TICK_NS
-    return {**summarize(times, batch_size, timed), "warmup_runs": warm,
+    return {**summarize(times, batch_size), "cpu_p50_ms": round(median(cpu) / 1e6, 4),
+            "warmup_runs": warm,
             # True when max_seconds cut timing short of min_runs: fewer samples, wider error.
             "budget_exhausted": len(times) < params.min_runs,
             "noisy": params.ci_target is not None and median_ci_rel(times) > params.ci_target,
             "session_create_ms": None if session_create_ms is None else round(session_create_ms, 3)}
-
-
-def time_interleaved(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_size: int,
-                     params: MeasureParams, chunk: int = 5, what: str = "generated",
-                     tick: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Time several models on the same feed in rounds (A B C A B C ...): drift in the machine
-    (another process, thermal state) hits all of them alike, so their ratios stay fair.
-    Stops when every model has min_runs, min_seconds and (with ci_target) a settled p50, or
-    when max_seconds per model runs out."""
-    for session in sessions.values():
-        for _ in range(params.warmup):
-            run_session(session, feed, what)
-    times: dict[str, list[int]] = {k: [] for k in sessions}
-    deadline = time.perf_counter_ns() + int(params.max_seconds * 1e9) * len(sessions)
-    min_ns = int(params.min_seconds * 1e9)
-
-    def settled(ts: list[int]) -> bool:
-        return (len(ts) >= params.min_runs and sum(ts) >= min_ns
-                and (params.ci_target is None or median_ci_rel(ts) <= params.ci_target))
-
-    while True:
-        for label, session in sessions.items():
-            for _ in range(chunk):
-                t0 = time.perf_counter_ns()
-                run_session(session, feed, what)
-                times[label].append(time.perf_counter_ns() - t0)
-        if tick is not None:
-            tick()
-        if all(settled(ts) for ts in times.values()) or time.perf_counter_ns() >= deadline or \
-                min(len(ts) for ts in times.values()) >= params.max_runs:
-            break
-    return {label: {**summarize(ts, batch_size), "noisy": params.ci_target is not None and median_ci_rel(ts) > params.ci_target}
-            for label, ts in times.items()}
-
-
-def median_ci_rel(times: list[int]) -> float:
-    """Half-width of a distribution-free 95% confidence interval of the median (order
-    statistics n/2 +- 0.98 sqrt(n)), relative to the median."""
-    n = len(times)
-    if n < 10:
-        return math.inf
-    ordered = sorted(times)
-    half = 0.98 * math.sqrt(n)
-    lo, hi = ordered[max(0, math.floor(n / 2 - half))], ordered[min(n - 1, math.ceil(n / 2 + half))]
-    median = ordered[n // 2]
-    return (hi - lo) / (2 * median) if median > 0 else math.inf
-
-
-def summarize(times: list[int], batch_size: int, timed_ns: int | None = None) -> dict[str, Any]:
-    """Latency statistics of timed runs (nanoseconds) in the report's units."""
-    import numpy as np
-
-    ms = np.asarray(times, dtype=np.float64) / 1e6
-    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-    timed_ns = timed_ns if timed_ns is not None else sum(times)
-    return {
-        "batch_size": batch_size,
-        "p50_ms": round(p50, 4),
-        "p90_ms": round(p90, 4),
-        "p99_ms": round(p99, 4),
-        "mean_ms": round(float(ms.mean()), 4),
-        "std_ms": round(float(ms.std()), 4),
-        "min_ms": round(float(ms.min()), 4),
-        "max_ms": round(float(ms.max()), 4),
-        "runs": len(times),
-        "ci_rel_half_width": round(median_ci_rel(times), 5) if len(times) >= 10 else None,
-        "throughput_items_per_s": round(batch_size * len(times) / (timed_ns / 1e9), 2),
-    }
 
 
 def measure_grid(
@@ -161,9 +96,12 @@ def measure_grid(
 ) -> dict[str, Any]:
     """Time every model in ``models`` at every (provider, threads, batch) point.
 
-    For each point all models get the SAME feed and are timed back to back in the same
-    process, so a ratio between them is a fair comparison. Returns ``points`` (one per
-    measured point, ``{label: stats}``), ``skipped`` batch sizes, ``specs`` and ``provider``.
+    For each point all models get the SAME feed in the same process. With several models
+    the point is a comparison: ``speedup.time_paired`` interleaves them in rounds, every
+    model after the first carries ``vs_reference`` (its speedup over the first, with interval
+    and verdict). Every point carries ``host_load``. Returns ``points`` (one per measured
+    point, ``{label: stats}``), ``skipped`` batch sizes, ``specs``, ``provider`` and
+    ``host_load`` over all points.
     """
     specs: list[dict[str, Any]] | None = None
     points: list[dict[str, Any]] = []
@@ -193,10 +131,21 @@ def measure_grid(
                 "provider": provider,
                 "input_shapes": {k: [int(d) for d in v.shape] for k, v in feed.items()},
             }
-            for label, (session, create_ms) in sessions.items():
+            tick = lambda: progress(fraction, stage)  # noqa: E731
+            if len(sessions) == 1:
+                label, (session, create_ms) = next(iter(sessions.items()))
+                probe = HostLoadProbe().start()
                 point[label] = time_runs(session, feed, batch_size=batch, params=params,
-                                         session_create_ms=create_ms, what=what,
-                                         tick=lambda: progress(fraction, stage))
+                                         session_create_ms=create_ms, what=what, tick=tick)
+                point["host_load"] = probe.stop(threads=threads)
+            else:  # a comparison: interleaved rounds, speedups vs the first model
+                paired = time_paired({k: s for k, (s, _) in sessions.items()}, feed,
+                                     batch_size=batch, params=params, threads=threads, what=what,
+                                     tick=tick)
+                for label, (_, create_ms) in sessions.items():
+                    point[label] = {**paired["timings"][label],
+                                    "session_create_ms": None if create_ms is None else round(create_ms, 3)}
+                point["host_load"] = paired["host_load"]
             points.append(point)
             del feed
         del sessions, first  # free the sessions' arenas before the next thread count
@@ -206,6 +155,7 @@ def measure_grid(
         )
     return {
         "points": points,
+        "host_load": merge_host_load([p["host_load"] for p in points]),
         "skipped": [{"batch_size": b, "reason": r} for b, r in skipped.items()],
         "specs": specs,
         "provider": provider,

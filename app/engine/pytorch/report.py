@@ -1,5 +1,5 @@
 """Parent vs result for the torch techniques: parameters, MACs, size, onnxruntime latency
-measured in this run with the shared ``measure_grid`` (same inputs, back to back), accuracy or
+measured in this run with the shared ``measure_grid`` (same inputs, interleaved rounds), accuracy or
 fidelity, and a verdict that only claims what was measured.
 """
 
@@ -10,8 +10,6 @@ from typing import Any
 
 from app.engine.params import MeasureParams
 from app.engine.base import Context
-
-FASTER = 1.05  # below a 5 % gain, timing noise on a shared machine can produce it
 
 
 def stats(path: Path, module: Any, sample: Any) -> dict[str, Any]:
@@ -40,6 +38,7 @@ def compare(ctx: Context, params: MeasureParams, result: Path, evaluation_data: 
                         device=ctx.device, progress=ctx.progress, span=(mid, span[1]),
                         what=timing.what)
     return {"latency": [compare_point(p) for p in grid["points"]], "provider": grid["provider"],
+            "host_load": grid["host_load"],
             "skipped": grid["skipped"], "accuracy": evaluation["accuracy"],
             "fidelity": {"source": evaluation["source"], "samples": evaluation["samples"],
                          "outputs": evaluation["fidelity"]["outputs"]},
@@ -47,9 +46,14 @@ def compare(ctx: Context, params: MeasureParams, result: Path, evaluation_data: 
 
 
 def verdict(parent: dict, result: dict, measured: dict, *, speed_claim: bool = True) -> dict:
+    """``faster`` from the interleaved speedup intervals of every point (True only when each
+    excludes 1; None when the measurement could not tell, e.g. on a busy host)."""
+    from app.engine.measure.speedup import overall_verdict, point_estimate
+
     points = measured["latency"]
     speedups = [p["speedup"] for p in points]
-    faster = bool(speed_claim and speedups and min(speedups) >= FASTER)
+    speed = overall_verdict([point_estimate(p) for p in points]) if speedups else None
+    faster = speed["faster"] if speed_claim and speed else False
     smaller = result["size_bytes"] < parent["size_bytes"]
     acc = measured.get("accuracy") or {}
     macs = (f"MACs x{result['macs'] / max(parent['macs'], 1):.2f}, "
@@ -63,9 +67,16 @@ def verdict(parent: dict, result: dict, measured: dict, *, speed_claim: bool = T
     if "model" in acc and "reference" in acc and "top1" in acc["model"]:
         parts.append(f"top-1 {acc['reference']['top1'] * 100:.2f}% -> "
                      f"{acc['model']['top1'] * 100:.2f}%")
-    if speed_claim and speedups and not faster:
+    if speed_claim and speed and faster is False:
         parts.append("NOT faster at every measured point")
-    return {"faster": faster, "smaller": smaller, "summary": "; ".join(parts) + "."}
+    elif speed_claim and speed and faster is None:
+        parts.append("speed inconclusive: " + "; ".join(
+            f"bs={p['batch_size']}: {point_estimate(p)['reason']}" for p in points
+            if point_estimate(p)["verdict"] == "inconclusive"))
+    out = {"faster": faster, "smaller": smaller, "summary": "; ".join(parts) + "."}
+    if speed_claim and speed:
+        out["speed"] = speed["verdict"]
+    return out
 
 
 def environment() -> dict[str, Any]:

@@ -156,42 +156,53 @@ def slow_reasons(slow: list[dict], nodes: dict, provider: str,
             f"{tiny[0]['batch_size']}); converting activations costs about as much as the "
             "cheaper kernels save at this size"
         )
-    noise = [p for p in slow if p["speedup"] >= 0.97]
-    if noise and len(noise) == len(slow):
-        reasons.append("the slowdown is within 3%, i.e. within measurement noise")
     return reasons or ["no specific cause detected"]
 
 
 def verdict(comparison: list[dict], size_ratio: float, nodes: dict, provider: str,
             worst_cos: float | None, *, tolerance: dict | None = None,
-            runtime: Counter[str] | None = None, mode: str = "int8") -> dict[str, Any]:
-    """faster only if the result's p50 beat the parent's at EVERY measured point.
+            runtime: Counter[str] | None = None, mode: str = "int8",
+            host_load: dict | None = None) -> dict[str, Any]:
+    """faster only if every measured point's interleaved speedup interval is above 1 (by more
+    than the noise threshold); NOT faster only where a point's interval is below 1; otherwise
+    the speed is "inconclusive", with the reason (``app.engine.measure.speedup``).
     ``tolerance``: {"within": bool | None, "text": str} from quant_report.tolerance_check."""
-    slow = [p for p in comparison if p["speedup"] <= 1.0]
-    faster, smaller = not slow, size_ratio < 1.0
+    from app.engine.measure.speedup import overall_verdict, point_estimate
+
+    ests = [point_estimate(p) for p in comparison]
+    overall = overall_verdict(ests)
+    slow = [p for p, e in zip(comparison, ests) if e["verdict"] == "slower"]
+    unsure = [(p, e) for p, e in zip(comparison, ests) if e["verdict"] == "inconclusive"]
+    smaller = size_ratio < 1.0
     speedups = [p["speedup"] for p in comparison]
     size_txt = (f"{1 / size_ratio:.1f}x smaller" if smaller
                 else f"not smaller (size ratio {size_ratio:.2f})")
-    if faster:
+    reasons: list[str] = []
+    unsure_txt = "; ".join(f"bs={p['batch_size']}/threads={p['threads']}: {e['reason']}" for p, e in unsure)
+    if overall["verdict"] == "faster":
         span = (f"{min(speedups):.2f}x" if min(speedups) == max(speedups)
                 else f"{min(speedups):.2f}x to {max(speedups):.2f}x")
         speed_txt = f"faster at every measured point (speedup {span})"
-        marginal = [p for p in comparison if p["speedup"] < 1.03]
-        if marginal:  # timing noise on a shared CPU is a few percent
-            speed_txt += (", but by under 3% at " + ", ".join(
-                f"bs={p['batch_size']}/threads={p['threads']}" for p in marginal)
-                + ", which is within measurement noise")
-        reasons: list[str] = []
-    else:
+    elif slow:
         reasons = slow_reasons(slow, nodes, provider, runtime, mode)
         where = ", ".join(f"bs={p['batch_size']}/threads={p['threads']}: {p['speedup']:.2f}x"
                           for p in slow)
-        speed_txt = f"NOT faster: slower or equal at {where}; likely because {reasons[0]}"
+        speed_txt = f"NOT faster: slower at {where}; likely because {reasons[0]}"
+        if unsure:
+            speed_txt += f"; inconclusive at {unsure_txt}"
+    else:
+        speed_txt = f"speed inconclusive at {unsure_txt}"
+    tails = [t for p in comparison for t in p.get("tail_outliers") or []]
+    if tails:
+        speed_txt += f". Tail outliers flagged: {tails[0]}"
+    if host_load and host_load.get("busy") and overall["verdict"] != "inconclusive":
+        speed_txt += f". Measured on a busy host ({host_load['summary']}); the interleaved ratios hold"
     fid_txt = ("" if worst_cos is None
                else f" Lowest per-sample cosine similarity to the parent: {worst_cos:.4f}.")
     tol = tolerance or {"within": None, "text": ""}
     return {
-        "faster": faster,
+        "faster": overall["faster"],
+        "speed": overall["verdict"],
         "smaller": smaller,
         "within_tolerance": tol["within"],
         "min_speedup": min(speedups),

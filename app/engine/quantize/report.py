@@ -13,8 +13,9 @@ from typing import Any
 
 from app.engine.measure.accuracy import compare_models
 from app.engine.data.feeds import FeedSource
-from app.engine.measure.fidelity import worst_cosine, worst_mean_cosine
+from app.engine.measure.fidelity import GENERATED_FIDELITY_SAMPLES, worst_cosine, worst_mean_cosine
 from app.engine.measure.latency import measure_grid
+from app.engine.measure.stats import tail_flag
 from app.engine.quantize.params import QuantParams
 from app.engine.base import Context
 from app.engine.reports import SCHEMA_VERSION, checked
@@ -56,19 +57,47 @@ def tolerance_check(params: QuantParams, evaluation: dict[str, Any]) -> dict[str
 
 
 def compare_point(point: dict) -> dict:
+    """One measured point of a parent/result ``measure_grid`` as the report shows it: the
+    speedup is the interleaved estimate (median per-round ratio, interval, verdict)."""
     parent, result = point["parent"], point["result"]
+    est = result.get("vs_reference")
+    tails = [f"{who}: {flag}" for who, x in (("parent", parent), ("result", result))
+             if (flag := tail_flag(x["p50_ms"], x["p99_ms"]))]
     return {
         "batch_size": point["batch_size"],
         "threads": point["threads"],
         "parent_p50_ms": parent["p50_ms"],
         "result_p50_ms": result["p50_ms"],
-        "speedup": round(parent["p50_ms"] / result["p50_ms"], 4),
+        "speedup": est["speedup"] if est and est["speedup"] is not None
+        else round(parent["p50_ms"] / result["p50_ms"], 4),
+        "speedup_ci": est,
         "parent_p90_ms": parent["p90_ms"],
         "result_p90_ms": result["p90_ms"],
+        "parent_p99_ms": parent["p99_ms"],
+        "result_p99_ms": result["p99_ms"],
+        "parent_cpu_p50_ms": parent.get("cpu_p50_ms"),
+        "result_cpu_p50_ms": result.get("cpu_p50_ms"),
         "parent_runs": parent["runs"],
         "result_runs": result["runs"],
+        "tail_outliers": tails,
+        "host_load": point.get("host_load"),
         "input_shapes": point["input_shapes"],
     }
+
+
+def fidelity_block(evaluation: dict[str, Any], requested: int) -> dict[str, Any]:
+    """What the fidelity figures were computed on: the samples actually used, beside the
+    number asked for and why they differ (generated inputs are capped; a dataset may be
+    smaller)."""
+    used = evaluation["samples"]
+    out = {"source": evaluation["source"], "samples": used, "samples_requested": requested,
+           "outputs": evaluation["fidelity"]["outputs"]}
+    if used < requested:
+        out["samples_note"] = (
+            f"{used} of the {requested} requested samples were compared: "
+            + (f"without a dataset, inputs are generated and capped at {GENERATED_FIDELITY_SAMPLES}"
+               if evaluation["source"] == "generated" else f"the dataset has {used} samples"))
+    return out
 
 
 def build_report(ctx: Context, params: QuantParams, *, technique: str, output: Path,
@@ -100,8 +129,7 @@ def build_report(ctx: Context, params: QuantParams, *, technique: str, output: P
     nodes = node_summary(op_counts(ctx.model_path), op_counts(output), looked_for,
                          qdq_compute(output))
     environment = describe_environment()
-    fidelity = {k: evaluation[k] for k in ("source", "samples")}
-    fidelity["outputs"] = evaluation["fidelity"]["outputs"]
+    fidelity = fidelity_block(evaluation, params.fidelity_samples)
     worst = worst_cosine(fidelity["outputs"])
     notes = [n for n in [providers_for(ctx.device)[1], *notes] if n]
     if mode == "int8" and "reduce_range" in quantization:
@@ -124,12 +152,14 @@ def build_report(ctx: Context, params: QuantParams, *, technique: str, output: P
         "device": ctx.device,
         "provider": grid["provider"],
         "comparison": comparison,
+        "host_load": grid.get("host_load"),
         "skipped": grid["skipped"],
         "fidelity": fidelity,
         "accuracy": evaluation["accuracy"],
         "tolerance": {k: v for k, v in tolerance.items() if k != "text"},
         "verdict": verdict(comparison, size_ratio, nodes, grid["provider"], worst,
-                           tolerance=tolerance, runtime=runtime, mode=mode),
+                           tolerance=tolerance, runtime=runtime, mode=mode,
+                           host_load=grid.get("host_load")),
         "inputs": feeds.describe(grid["specs"]),
         "environment": environment,
         "notes": [n for n in notes if n],

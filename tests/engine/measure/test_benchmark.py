@@ -34,7 +34,11 @@ def test_report_structure_and_numbers(models, make_ctx, fast):
         assert 0 < p["min_ms"] <= p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"]
         assert fast["min_runs"] <= p["runs"] <= fast["max_runs"]
         assert p["throughput_items_per_s"] > 0 and p["session_create_ms"] > 0
+        # one definition of items/s: batch / p50 (p50 as reported is rounded)
+        assert p["throughput_items_per_s"] == pytest.approx(p["batch_size"] / p["p50_ms"] * 1e3, rel=0.02)
+        assert p["cpu_p50_ms"] > 0 and p["tail_outlier"] == (p["p99_ms"] > 5 * p["p50_ms"])
         assert p["input_shapes"] == {"x": [p["batch_size"], 128]}
+    assert report["host_load"]["points"] == 4 and 0 <= report["host_load"]["others_cpu_percent"] <= 100
     memory = report["memory"]
     assert memory["rss_before_session_bytes"] > 0 and memory["rss_after_runs_bytes"] > 0
     assert memory["process_peak_rss_bytes"] >= memory["rss_before_session_bytes"] // 2
@@ -226,3 +230,18 @@ def test_recommend_picks_the_highest_throughput_inside_the_sla():
     assert recommend(points, None, None)["best"]["batch_size"] == 32
     assert recommend(points, 10.0, 1000)["best"] is None
     assert recommend(points, 0.5, None)["best"] is None
+
+
+def test_a_tail_outlier_p99_never_decides_the_sla_unflagged():
+    from app.engine.measure.benchmark import recommend
+
+    # batch 8: p50 0.05 ms, p99 13.5 ms (the numbers): interference, not the model
+    points = [{"batch_size": b, "threads": 1, "provider": "CPUExecutionProvider", "p50_ms": p50,
+               "p99_ms": p99, "throughput_items_per_s": round(b / p50 * 1e3, 2)}
+              for b, p50, p99 in ((1, 0.04, 0.05), (8, 0.05, 13.5), (32, 0.5, 0.6))]
+    rec = recommend(points, 10.0, None)  # batch 8 is turned down on its flagged p99 alone
+    assert rec["best"]["batch_size"] == 32
+    assert len(rec["flags"]) == 1 and "batch 8" in rec["flags"][0] and "270x the p50" in rec["flags"][0]
+    rec = recommend(points, 20.0, None)  # batch 8 is picked: its p99 is flagged with it
+    assert rec["best"]["batch_size"] == 8 and rec["flags"][0].startswith("the recommended point: p99 13.5 ms")
+    assert recommend(points[:1], 10.0, None)["flags"] == []

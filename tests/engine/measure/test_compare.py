@@ -27,7 +27,13 @@ def test_compare_ratios_and_accuracy(models, make_ctx, tmp_path):
     for point in report["points"]:
         assert point["ratios"]["job-model"] == 1.0
         assert 0.7 < point["ratios"]["twin"] < 1.4, point  # same model: within noise
-        assert point["results"]["twin"]["runs"] >= 30
+        assert point["results"]["twin"]["runs"] == point["results"]["job-model"]["runs"] >= 30
+        est = point["results"]["twin"]["vs_reference"]  # per-round ratios, interleaved
+        assert est["reference"] == "job-model" and "vs_reference" not in point["results"]["job-model"]
+        assert est["ci_low"] <= est["speedup"] <= est["ci_high"] and est["rounds"] >= 10
+        assert point["host_load"]["cores"] >= 1
+    assert report["host_load"]["points"] == 2
+    assert report["summary"].startswith("twin: speedup ") and "over the job model (" in report["summary"]
     acc = report["accuracy"]
     assert acc["twin"]["fidelity"]["outputs"]  # fidelity to the job model
     cos = next(iter(acc["twin"]["fidelity"]["outputs"].values()))
