@@ -163,7 +163,7 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                         path = scratch / f"{cand['name']}-{k}.onnx"
                         finalists.append({**cand, "excluded": ranking[:k], "float_layers": k,
                                           "path": path})
-                        evaluations[cand["name"]] = scorer.evaluate(path)
+                        evaluations[cand["name"]] = scorer.full[path]
         preprocess, opset = stage.preprocess, stage.opset
     if not finalists:
         best = min((r for r in rows if "meets_tolerance" in r), key=_badness)

@@ -53,6 +53,7 @@ class Scorer:
             self.batches.append((feed, out, part, n))
         self.samples = total
         self.label_error: str | None = None
+        self.full: dict[Path, dict] = {}  # evaluations on every sample, by model path
         self.labelled = labels is not None
         self._parent_scores: dict[int, dict] = {}
         if self.labelled:
@@ -132,7 +133,10 @@ class Scorer:
         return out
 
     def score(self, path: Path, samples: int | None = None) -> dict[str, Any]:
-        return self.figures(self.evaluate(path, samples))
+        evaluation = self.evaluate(path, samples)
+        if samples is None:  # on every sample: what the report shows if this one is chosen
+            self.full[path] = evaluation
+        return self.figures(evaluation)
 
 
 def groups_of(layers: list[dict], limit: int = MAX_SCORED) -> list[list[dict]]:
