@@ -242,6 +242,7 @@ def time_finalists(models: dict[str, Path], params: Any, feeds: FeedSource, ctx:
         "min_runs": max(3, math.ceil(params.min_runs / ROUNDS)),
         "min_seconds": params.min_seconds / ROUNDS, "max_seconds": params.max_seconds / ROUNDS,
         "ci_target": None})
+    warm = per_round.model_copy(update={"warmup": 1})
     points, skipped, specs, provider = [], {}, None, ""
     for t, threads in enumerate(params.threads):
         sessions = {k: create_session(p, threads, ctx.device)[0] for k, p in models.items()}
@@ -253,9 +254,11 @@ def time_finalists(models: dict[str, Path], params: Any, feeds: FeedSource, ctx:
             stage = f"timing bs={batch} threads={threads}"
             ctx.progress(fraction, stage)
             feed = feeds(specs, batch)
-            rounds = [time_interleaved(sessions, feed, batch_size=batch, params=per_round,
-                                       what=feeds.what, tick=lambda: ctx.progress(fraction, stage))
-                      for _ in range(ROUNDS)]
+            # Warm-up once per point: the sessions stay warm between rounds.
+            rounds = [time_interleaved(sessions, feed, batch_size=batch,
+                                       params=per_round if r == 0 else warm, what=feeds.what,
+                                       tick=lambda: ctx.progress(fraction, stage))
+                      for r in range(ROUNDS)]
             point: dict[str, Any] = {"batch_size": batch, "threads": threads,
                                      "provider": provider,
                                      "input_shapes": {k: [int(d) for d in v.shape]

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from app.engine.pipeline import from_row
 from app.engine.quantize.auto import QuantizeAuto, QuantizeAutoParams
 from app.engine.quantize.dynamic import QuantizeDynamic, QuantizeDynamicParams
-from app.engine.quantize.search import plan
+from app.engine.quantize.search import choose, plan
 from app.engine.quantize.sensitivity import groups_of
 from tests.engine.quant_models import digits, outlier_mlp
 from tests.engine.quantize.test_quantization import FAST, cosine, outputs, run
@@ -38,6 +38,32 @@ def test_candidates_fastest_expected_first():
     dense = plan(["dynamic"], [False, True], has_conv=False)
     assert [c["name"] for c in dense] == ["dynamic-per-channel", "dynamic-per-tensor"]
     assert dense[0]["speed"] == dense[1]["speed"]
+
+
+def test_timing_overturns_the_expected_order_only_when_every_round_agrees():
+    finalists = [{"name": "a"}, {"name": "b"}]
+
+    def grid(a: list[float], b: list[float]) -> dict:
+        return {"points": [{"a": {"round_speedups": a}, "b": {"round_speedups": b}}]}
+
+    # b's median is higher, but one round (a burst of load) had it slower: a stays.
+    assert choose(finalists, grid([1.5, 1.5, 1.5], [1.9, 1.8, 1.4]))[0]["name"] == "a"
+    chosen, why = choose(finalists, grid([1.5, 1.5, 1.5], [1.6, 1.7, 1.6]))
+    assert chosen["name"] == "b" and "every timing round" in why
+
+
+def test_a_cnn_tries_static_per_channel_first(models, tmp_path):
+    data = tmp_path / "img.npz"
+    np.savez(data, img=np.random.default_rng(0).standard_normal((64, 3, 16, 16), np.float32))
+    params = QuantizeAutoParams(min_cosine=0.9, samples=32, **FAST)
+    report = run(QuantizeAuto, models["cnn"], params, tmp_path / "w", data).report
+    rows = {c["name"]: c for c in report["candidates"]}
+    assert report["search"]["order"][0] == "static-per-channel"
+    assert rows["static-per-channel"]["chosen"] and rows["static-per-channel"]["meets_tolerance"]
+    # The rest cannot beat it in expectation: not even built.
+    for name in ("static-per-tensor", "dynamic-per-channel", "dynamic-per-tensor"):
+        assert "static-per-channel already meets" in rows[name]["skipped"]
+    assert report["quantization"]["mode"] == "static" and report["quantization"]["per_channel"]
 
 
 def test_groups_of_consecutive_layers():
