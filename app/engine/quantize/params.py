@@ -105,7 +105,10 @@ class QuantParams(MeasureParams):
         """A new request with the old name is refused: 0.005 was read as 0.005 points where
         the caller meant a fraction (half a point); say the unit instead of guessing it."""
         if isinstance(data, dict) and "max_accuracy_drop" in data:
-            value = data["max_accuracy_drop"]
+            data = dict(data)
+            value = data.pop("max_accuracy_drop")
+            if value is None:  # params echoed from an older job's row: nothing to misread
+                return data
             raise ValueError(
                 f"max_accuracy_drop was renamed max_accuracy_drop_pt, in percentage points: "
                 f"{value!r} means {value!r} points there; for a fraction of accuracy (0.005 = "

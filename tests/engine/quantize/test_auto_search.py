@@ -147,6 +147,8 @@ def test_the_accuracy_drop_says_its_unit():
         QuantizeAutoParams(max_accuracy_drop=0.005)
     with pytest.raises(ValidationError, match="max_accuracy_drop_pt"):
         QuantizeDynamicParams.model_validate({"max_accuracy_drop": 1.0})
+    # Params echoed from an older job (every field, this one null) still validate.
+    assert QuantizeAutoParams.model_validate({"max_accuracy_drop": None}).max_accuracy_drop_pt is None
 
 
 def test_a_stored_job_with_the_old_name_keeps_its_meaning():
