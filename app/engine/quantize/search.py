@@ -5,7 +5,8 @@
    tier are skipped: in expectation they cannot beat it;
 2. only when none meets it: per-layer sensitivity (once, on fewer samples, by groups past
    MAX_SCORED layers), then per tier a bisection over the ranking for the fewest
-   most-sensitive layers kept in float;
+   most-sensitive layers kept in float (a tier expected slower than the parent only when no
+   faster tier found an answer);
 3. the finalists timed in rounds interleaved with the parent (``time_finalists``).
 
 Fidelity is always judged against the parent's outputs computed once (``Scorer``). Every phase's
@@ -32,7 +33,7 @@ LAYER_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention")
 # nothing at run time (measured 13% FASTER than per-tensor at batch 32 on a digits CNN), so a
 # tier's variants tie on speed and per-channel, the more accurate, goes first.
 SPEED = {("static", True): 2, ("static", False): 2, ("dynamic", False): 1, ("dynamic", True): 1}
-SLOW_WITH_CONV = {"dynamic": 0}
+SLOW_WITH_CONV = {"dynamic": 0}  # speed 0: expected slower than the float parent
 ROUNDS = 5  # timing rounds per point: a ratio per round, so a burst of load spoils one round
 
 
@@ -150,6 +151,12 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                                "group) alone quantized", "group_size": group, "layers": table}
             with phase("bisection"):
                 for cand in variants:
+                    if finalists and cand["speed"] == 0:
+                        rows.append({"name": cand["name"], "mode": cand["mode"],
+                                     "per_channel": cand["per_channel"], "phase": "bisection",
+                                     "skipped": f"{finalists[0]['name']} meets the tolerance "
+                                     "and this mode is expected slower than the parent here"})
+                        continue
                     ctx.progress(0.5, f"bisecting {cand['name']}")
 
                     def partial(k: int, cand=cand) -> Path:
@@ -212,7 +219,8 @@ def choose(finalists: list[dict], grid: dict) -> tuple[dict, str]:
     """The first finalist (fastest expected), unless another was faster than it in EVERY
     round at every measured point: one noisy timing cannot overturn the expectation."""
     chosen = finalists[0]
-    why = ("the only candidate meeting the tolerance" if len(finalists) == 1 else
+    why = ("the only finalist (the others failed the tolerance or were skipped)"
+           if len(finalists) == 1 else
            "expected fastest, and no other finalist was faster in every timing round")
     for other in finalists[1:]:
         wins = [r_o / r_c for p in grid["points"] for r_o, r_c in
