@@ -135,6 +135,8 @@ def print_table(rows: list) -> None:
             print(f"{kind:7} {label:8} FAILED: {r['error']}")
             continue
         phases = " ".join(f"{k}={v}" for k, v in (r["phases"] or {}).items()) or "-"
+        if r["phases"]:  # the report itself (runtime op counts, sizes) and the rest
+            phases += f" other={r['wall_s'] - sum(r['phases'].values()):.1f}"
         print(f"{kind:7} {label:8} {r['wall_s']:7.1f} {r['load']:5.2f} {r['recipe']:32} "
               f"{r['speedup_b1']:6.2f}x {r['speedup_b32']:6.2f}x {r['cos_mean']:8.4f} "
               f"{r['cos_min']:8.4f}  {phases}")

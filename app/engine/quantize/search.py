@@ -81,10 +81,12 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         modes = params.modes or (["static", "dynamic"] if has_conv else ["dynamic"])
         order = plan(modes, params.per_channel, has_conv)
         tolerance = params.tolerance(labels is not None)
-    with ort_quant.staged(ctx.model_path, ctx.workdir, preprocess=params.preprocess,
-                          min_opset=ort_static.STATIC_MIN_OPSET if "static" in modes else 11,
-                          deadline_s=ctx.native_step_timeout_s) as stage:
-        with phase("prepare"):
+    with contextlib.ExitStack() as stack:
+        with phase("prepare"):  # staging (opset, pre-processing) included
+            stage = stack.enter_context(ort_quant.staged(
+                ctx.model_path, ctx.workdir, preprocess=params.preprocess,
+                min_opset=ort_static.STATIC_MIN_OPSET if "static" in modes else 11,
+                deadline_s=ctx.native_step_timeout_s))
             base = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
                                       params.exclude_op_types)
             layers = [n for n in weighted_nodes(stage.path, LAYER_OPS) if n["name"] not in base]
