@@ -123,7 +123,7 @@ def export_minilm(out: Path) -> tuple[Path, Path]:
 
 
 def jobs_for(kind: str) -> list[tuple[str, str, dict]]:
-    auto = {"max_accuracy_drop": 0.5} if kind == "cnn" else {"min_cosine": 0.99}
+    auto = {"max_accuracy_drop_pt": 0.5} if kind == "cnn" else {"min_cosine": 0.99}
     return [
         ("dynamic", "quantize.dynamic", {}),
         ("dynamic per-channel", "quantize.dynamic", {"per_channel": True}),

@@ -415,8 +415,12 @@ class Nodes(Part):
 
 class Tolerance(Part):
     min_cosine: float | None = None
-    max_accuracy_drop: float | None = None
+    min_cosine_per_sample: float | None = None
+    max_accuracy_drop_pt: float | None = Field(default=None, description="Percentage points.")
+    max_accuracy_drop: float | None = Field(default=None, description=(
+        "Reports written before max_accuracy_drop_pt: the same figure (percentage points)."))
     mean_cosine: float | None = None
+    worst_cosine: float | None = Field(default=None, description="Lowest per-sample cosine.")
     accuracy_drop: float | None = None
     within: bool | None = None
 
@@ -448,6 +452,7 @@ class QuantizeReport(Report):
 
 class LayerSensitivity(Part):
     layer: str
+    group: int | None = Field(default=None, description="Scored with its group (see group_size).")
     op_type: str | None = None
     error: float | None = None
     mean_cosine: float | None = None
@@ -459,6 +464,8 @@ class Sensitivity(Part):
     per_channel: bool | None = None
     samples: int | None = None
     metric: str | None = None
+    group_size: int | None = Field(default=None, description=(
+        "Layers scored together, consecutive in graph order (1: each layer alone)."))
     layers: list[LayerSensitivity] = []
     other_modes: dict[str, list[LayerSensitivity]] = {}
 
@@ -470,7 +477,11 @@ class Candidate(Part):
     mode: str | None = None
     per_channel: bool | None = None
     float_layers: int | None = None
+    phase: str | None = Field(default=None, description="whole_model or bisection.")
+    skipped: str | None = Field(default=None, description="Why it was not tried.")
+    samples: int | None = None
     mean_cosine: float | None = None
+    cosine_min: float | None = Field(default=None, description="Lowest per-sample cosine.")
     accuracy_drop: float | None = None
     error: float | None = None
     meets_tolerance: bool | None = None
@@ -481,10 +492,21 @@ class Candidate(Part):
     p50_ms: dict[str, float] = Field(default={}, description="p50 by batch size (JSON keys are strings).")
 
 
+class AutoSearch(Part):
+    """How quantize.auto searched: wall time per phase, whether sensitivity ran, the timing."""
+
+    phases: dict[str, float] = Field(default={}, description="Wall seconds of each phase run.")
+    sensitivity_ran: bool | None = None
+    order: list[str] = []
+    finalists: list[str] = []
+    timing: dict[str, Any] | None = None
+
+
 class QuantizeAutoReport(QuantizeReport):
     technique: Literal["quantize.auto"]  # type: ignore[assignment]
     sensitivity: Sensitivity | None = None
     candidates: list[Candidate] = []
+    search: AutoSearch | None = None
 
 
 # --- torch techniques -----------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""Technique ``quantize.auto``: accuracy-driven partial INT8 quantization.
+"""Technique ``quantize.auto``: accuracy-driven (partial) INT8 quantization.
 
-Per-layer sensitivity (each layer quantized alone, scored against the parent), then for each
-variant (dynamic/static x per-channel off/on) the fewest most-sensitive layers kept in float
-for the tolerance; the variants that meet it are timed against the parent in one grid and the
-fastest one is the result. Module top: pydantic/stdlib-level imports only.
+Whole-model candidates first, fastest expected first, each scored against the parent's outputs
+computed once; the first that meets the tolerance ends the search of its tier and of slower
+ones. Only when none does: per-layer sensitivity, then a bisection for the fewest
+most-sensitive layers kept in float. The finalists are timed interleaved with the parent
+(see ``search``). Module top: pydantic/stdlib-level imports only.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ Mode = Literal["dynamic", "static"]
 
 
 class QuantizeAutoParams(StaticOptions):
-    """Tolerance (min_cosine / max_accuracy_drop), the variants to try, then the grid."""
+    """Tolerance (min_cosine / min_cosine_per_sample / max_accuracy_drop_pt), the variants to
+    try, then the grid."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"min_cosine": 0.99, "batch_sizes": [1, 32]},
-        {"max_accuracy_drop": 0.5, "modes": ["static"], "per_channel": [True]},
+        {"max_accuracy_drop_pt": 0.5, "modes": ["static"], "per_channel": [True]},
+        {"min_cosine": 0.99, "min_cosine_per_sample": 0.98},
     ]})
 
     modes: list[Mode] | None = Field(
@@ -34,7 +37,7 @@ class QuantizeAutoParams(StaticOptions):
     )
     per_channel: list[bool] = Field(
         default=[False, True], min_length=1, max_length=2,
-        description="Per-channel weight scales to try, off and/or on.",
+        description="Per-channel weight scales to try, off and/or on (on is tried first).",
         json_schema_extra={"examples": [[False, True]]},
     )
     reduce_range: bool = Field(
@@ -42,9 +45,11 @@ class QuantizeAutoParams(StaticOptions):
         json_schema_extra={"examples": [False]},
     )
     sensitivity_samples: int = Field(
-        default=64, ge=1, le=10_000,
-        description="Dataset samples used to score each layer quantized alone.",
-        json_schema_extra={"examples": [64]},
+        default=32, ge=1, le=10_000,
+        description="Samples (the first of the fidelity samples, in whole fidelity batches) "
+        "used to score each layer, or group of layers, quantized alone. Sensitivity runs only "
+        "when no whole-model candidate meets the tolerance.",
+        json_schema_extra={"examples": [32]},
     )
 
 
@@ -52,10 +57,12 @@ class QuantizeAutoParams(StaticOptions):
 class QuantizeAuto(Technique):
     name = "quantize.auto"
     description = (
-        "Accuracy-driven partial int8 quantization: measures each layer's sensitivity, keeps "
-        "the most sensitive layers in float until the tolerance (min_cosine or "
-        "max_accuracy_drop) holds, tries dynamic/static and per-channel variants and returns "
-        "the fastest one that meets it, with the sensitivity table and every candidate."
+        "Accuracy-driven int8 quantization: tries whole-model dynamic/static and per-channel "
+        "variants fastest-expected first and stops at the first that meets the tolerance "
+        "(min_cosine, min_cosine_per_sample, max_accuracy_drop_pt); only if none does, ranks "
+        "layers by sensitivity and bisects for the fewest kept in float. The finalists are "
+        "timed interleaved with the parent; the report has every candidate, what was skipped "
+        "and why, and the wall time of each phase."
     )
     Params = QuantizeAutoParams
     needs_dataset = True
@@ -67,7 +74,7 @@ class QuantizeAuto(Technique):
         from pathlib import Path
 
         from app.engine.quantize.search import search
-        from app.engine.quantize.report import build_report, evaluate_result
+        from app.engine.quantize.report import build_report
         from app.engine.errors import DatasetMismatch
 
         params = self.params_of(ctx)
@@ -83,7 +90,6 @@ class QuantizeAuto(Technique):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         chosen = found["chosen"]
-        evaluation = evaluate_result(ctx, params, output, found["feeds"], span=(0.95, 0.97))
         quantization = {"mode": chosen["mode"], "per_channel": chosen["per_channel"],
                         "reduce_range": params.reduce_range, "float_layers": chosen["excluded"],
                         "preprocess": found["preprocess"], "opset": found["opset"],
@@ -94,6 +100,7 @@ class QuantizeAuto(Technique):
         report = build_report(
             ctx, params, technique=self.name, output=output, quantization=quantization,
             looked_for=found["op_types"], notes=found["notes"], feeds=found["feeds"],
-            evaluation=evaluation, grid=found["grid"],
-            extra={"sensitivity": found["sensitivity"], "candidates": found["candidates"]})
+            evaluation=found["evaluation"], grid=found["grid"],
+            extra={"sensitivity": found["sensitivity"], "candidates": found["candidates"],
+                   "search": found["search"]})
         return Result(report=report, output_path=output)

@@ -33,27 +33,34 @@ def evaluate_result(ctx: Context, params: QuantParams, output: Path, feeds: Feed
 def tolerance_check(params: QuantParams, evaluation: dict[str, Any]) -> dict[str, Any]:
     """Whether the result meets the tolerance; ``text`` says which figure decided."""
     accuracy = evaluation["accuracy"]
+    return judge(params.tolerance(accuracy is not None and "error" not in accuracy), evaluation)
+
+
+def judge(tol: dict[str, float | None], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """``evaluation`` (compare_models' shape) against the tolerance ``tol``: the one rule the
+    verdict and quantize.auto's candidates are both judged by."""
+    accuracy = evaluation["accuracy"]
     if accuracy is not None and "error" in accuracy:
         accuracy = None
-    tol = params.tolerance(accuracy is not None)
     outputs = evaluation["fidelity"]["outputs"]
-    cosine = worst_mean_cosine(outputs)
+    cosine, worst = worst_mean_cosine(outputs), worst_cosine(outputs)
     if cosine is None:  # integer outputs only (class ids...): exact agreement stands in
         exact = [o["exact_match"] for o in outputs.values() if "exact_match" in o]
-        cosine = min(exact) if exact else None
+        cosine = worst = min(exact) if exact else None
     drop = accuracy.get("drop") if accuracy else None
     failed, passed = [], []
-    if tol["min_cosine"] is not None:
-        (passed if cosine is not None and cosine >= tol["min_cosine"] else failed).append(
-            f"mean cosine {cosine if cosine is None else round(cosine, 4)} vs min_cosine "
-            f"{tol['min_cosine']}")
-    if tol["max_accuracy_drop"] is not None:
-        (passed if drop is not None and drop <= tol["max_accuracy_drop"] else failed).append(
-            f"accuracy drop {drop} vs max_accuracy_drop {tol['max_accuracy_drop']}")
+    for key, value, what in (("min_cosine", cosine, "mean cosine"),
+                             ("min_cosine_per_sample", worst, "lowest per-sample cosine")):
+        if tol.get(key) is not None:
+            (passed if value is not None and value >= tol[key] else failed).append(
+                f"{what} {value if value is None else round(value, 4)} vs {key} {tol[key]}")
+    if tol["max_accuracy_drop_pt"] is not None:
+        (passed if drop is not None and drop <= tol["max_accuracy_drop_pt"] else failed).append(
+            f"accuracy drop {drop} pt vs max_accuracy_drop_pt {tol['max_accuracy_drop_pt']}")
     text = (f"OUTSIDE tolerance: {'; '.join(failed)}." if failed
             else f"Within tolerance: {'; '.join(passed)}.")
-    return {**tol, "mean_cosine": cosine, "accuracy_drop": drop, "within": not failed,
-            "text": text}
+    return {**tol, "mean_cosine": cosine, "worst_cosine": worst, "accuracy_drop": drop,
+            "within": not failed, "text": text}
 
 
 def compare_point(point: dict) -> dict:

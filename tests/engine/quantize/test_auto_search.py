@@ -1,0 +1,157 @@
+"""quantize.auto's search on tiny real models: whole-model candidates first, sensitivity and
+bisection only when none meets the tolerance, the per-sample tolerance, the tolerance's unit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from app.engine.pipeline import from_row
+from app.engine.quantize.auto import QuantizeAuto, QuantizeAutoParams
+from app.engine.quantize.dynamic import QuantizeDynamic, QuantizeDynamicParams
+from app.engine.quantize.search import choose, plan
+from app.engine.quantize.sensitivity import groups_of
+from tests.engine.quant_models import digits, outlier_mlp
+from tests.engine.quantize.test_quantization import FAST, cosine, outputs, run
+from tests.reports.test_render import JOB, render
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+EVALUATED = 256  # QuantParams.fidelity_samples' default: the samples candidates are judged on
+
+
+@pytest.fixture(scope="module")
+def outlier(tmp_path_factory):
+    """The outlier MLP: whole-model int8 keeps a fair mean cosine (> 0.9) but not 0.99, and
+    one layer, kept in float, fixes it."""
+    d = tmp_path_factory.mktemp("outlier")
+    path, layer = outlier_mlp(d / "mlp.onnx")
+    x, y = digits()
+    np.savez(d / "digits.npz", x=x[:400], labels=y[:400])
+    return path, layer, d / "digits.npz", x[:EVALUATED]
+
+
+def test_candidates_fastest_expected_first():
+    conv = [c["name"] for c in plan(["dynamic", "static"], [False, True], has_conv=True)]
+    assert conv == ["static-per-channel", "static-per-tensor", "dynamic-per-channel",
+                    "dynamic-per-tensor"]
+    dense = plan(["dynamic"], [False, True], has_conv=False)
+    assert [c["name"] for c in dense] == ["dynamic-per-channel", "dynamic-per-tensor"]
+    assert dense[0]["speed"] == dense[1]["speed"]
+
+
+def test_timing_overturns_the_expected_order_only_when_every_round_agrees():
+    finalists = [{"name": "a"}, {"name": "b"}]
+
+    def grid(a: list[float], b: list[float]) -> dict:
+        return {"points": [{"a": {"round_speedups": a}, "b": {"round_speedups": b}}]}
+
+    # b's median is higher, but one round (a burst of load) had it slower: a stays.
+    assert choose(finalists, grid([1.5, 1.5, 1.5], [1.9, 1.8, 1.4]))[0]["name"] == "a"
+    chosen, why = choose(finalists, grid([1.5, 1.5, 1.5], [1.6, 1.7, 1.6]))
+    assert chosen["name"] == "b" and "every timing round" in why
+
+
+def test_a_cnn_tries_static_per_channel_first(models, tmp_path):
+    data = tmp_path / "img.npz"
+    np.savez(data, img=np.random.default_rng(0).standard_normal((64, 3, 16, 16), np.float32))
+    params = QuantizeAutoParams(min_cosine=0.9, samples=32, **FAST)
+    report = run(QuantizeAuto, models["cnn"], params, tmp_path / "w", data).report
+    rows = {c["name"]: c for c in report["candidates"]}
+    assert report["search"]["order"][0] == "static-per-channel"
+    assert rows["static-per-channel"]["chosen"] and rows["static-per-channel"]["meets_tolerance"]
+    # The rest cannot beat it in expectation: not even built.
+    for name in ("static-per-tensor", "dynamic-per-channel", "dynamic-per-tensor"):
+        assert "static-per-channel already meets" in rows[name]["skipped"]
+    assert report["quantization"]["mode"] == "static" and report["quantization"]["per_channel"]
+
+
+def test_groups_of_consecutive_layers():
+    layers = [{"name": str(i)} for i in range(39)]
+    groups = groups_of(layers)
+    assert len(groups) <= 16 and [layer for g in groups for layer in g] == layers
+    assert groups_of(layers[:5]) == [[layer] for layer in layers[:5]]
+
+
+def test_a_passing_whole_model_candidate_ends_the_search(outlier, tmp_path):
+    path, _, data, x = outlier
+    params = QuantizeAutoParams(min_cosine=0.9, modes=["dynamic"], per_channel=[True, False],
+                                **FAST)
+    report = run(QuantizeAuto, path, params, tmp_path / "w", data).report
+    search = report["search"]
+    assert search["sensitivity_ran"] is False and report["sensitivity"] is None
+    assert set(search["phases"]) == {"prepare", "whole_model", "timing"}
+    first, second = report["candidates"]
+    assert first["name"] == "dynamic-per-channel" and first["meets_tolerance"] and first["chosen"]
+    assert first["samples"] == EVALUATED and first["phase"] == "whole_model"
+    assert second["name"] == "dynamic-per-tensor" and "meets_tolerance" not in second
+    assert "dynamic-per-channel already meets the tolerance" in second["skipped"]
+    assert report["quantization"]["float_layers"] == [] and report["verdict"]["within_tolerance"]
+    assert search["finalists"] == ["dynamic-per-channel"]
+    assert all(len(p["dynamic-per-channel"]) == 5 for p in search["timing"]["points"])
+    assert cosine(outputs(report_path(tmp_path), x), outputs(path, x)).mean() >= 0.9
+    html, _ = render(report, job=JOB)  # the page says it too
+    assert "skipped: dynamic-per-channel already meets" in html
+    assert "sensitivity not needed" in html
+
+
+def report_path(tmp_path):
+    return tmp_path / "w" / "model.onnx"
+
+
+def test_sensitivity_and_bisection_only_when_no_candidate_passes(outlier, tmp_path):
+    path, layer, data, x = outlier
+    params = QuantizeAutoParams(min_cosine=0.99, modes=["dynamic"], per_channel=[True, False],
+                                **FAST)
+    report = run(QuantizeAuto, path, params, tmp_path / "w", data).report
+    search = report["search"]
+    assert search["sensitivity_ran"] is True
+    assert {"whole_model", "sensitivity", "bisection", "timing"} <= set(search["phases"])
+    whole = [c for c in report["candidates"] if c["phase"] == "whole_model"]
+    assert len(whole) == 2 and not any(c["meets_tolerance"] for c in whole)
+    assert report["sensitivity"]["layers"][0]["layer"] == layer
+    assert report["sensitivity"]["samples"] == 32  # sensitivity_samples, not all 256
+    bisected = [c for c in report["candidates"] if c["phase"] == "bisection"]
+    assert bisected and bisected[-1]["meets_tolerance"]
+    assert report["quantization"]["float_layers"] == [layer]
+    assert cosine(outputs(report_path(tmp_path), x), outputs(path, x)).mean() >= 0.99
+
+
+def test_min_cosine_per_sample_bounds_every_sample(outlier, tmp_path):
+    path, _, data, x = outlier
+    params = QuantizeAutoParams(min_cosine=0.9, min_cosine_per_sample=0.99, modes=["dynamic"],
+                                per_channel=[True], **FAST)
+    report = run(QuantizeAuto, path, params, tmp_path / "w", data).report
+    whole = report["candidates"][0]
+    # The mean alone would have passed: the worst sample is what failed it.
+    assert whole["mean_cosine"] >= 0.9 and whole["cosine_min"] < 0.99
+    assert not whole["meets_tolerance"] and report["search"]["sensitivity_ran"]
+    chosen = next(c for c in report["candidates"] if c["chosen"])
+    assert chosen["cosine_min"] >= 0.99
+    assert cosine(outputs(report_path(tmp_path), x), outputs(path, x)).min() >= 0.99
+    assert report["tolerance"]["min_cosine_per_sample"] == 0.99
+    assert report["tolerance"]["worst_cosine"] >= 0.99 and report["tolerance"]["within"]
+
+
+def test_every_quantizer_reports_the_per_sample_tolerance(outlier, tmp_path):
+    path, _, _, _ = outlier
+    params = QuantizeDynamicParams(min_cosine=0.5, min_cosine_per_sample=0.9999, **FAST)
+    report = run(QuantizeDynamic, path, params, tmp_path / "w").report
+    assert report["tolerance"]["within"] is False
+    assert "lowest per-sample cosine" in report["verdict"]["summary"]
+
+
+def test_the_accuracy_drop_says_its_unit():
+    assert QuantizeAutoParams(max_accuracy_drop_pt=0.5).tolerance(True)["max_accuracy_drop_pt"] == 0.5
+    with pytest.raises(ValidationError, match="renamed max_accuracy_drop_pt.*max_accuracy_drop_pt=0.5"):
+        QuantizeAutoParams(max_accuracy_drop=0.005)
+    with pytest.raises(ValidationError, match="max_accuracy_drop_pt"):
+        QuantizeDynamicParams.model_validate({"max_accuracy_drop": 1.0})
+    # Params echoed from an older job (every field, this one null) still validate.
+    assert QuantizeAutoParams.model_validate({"max_accuracy_drop": None}).max_accuracy_drop_pt is None
+
+
+def test_a_stored_job_with_the_old_name_keeps_its_meaning():
+    # Rows written before the rename carry no version (version 1) and meant points.
+    (step,) = from_row("quantize.auto", {"max_accuracy_drop": 0.5, "min_cosine": 0.99})
+    assert step.params.max_accuracy_drop_pt == 0.5 and step.params.min_cosine == 0.99
