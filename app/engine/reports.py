@@ -108,6 +108,7 @@ class SpeedupEstimate(Part):
     cpu_speedup: float | None = Field(default=None, description="The same ratio in process CPU time.")
     verdict: Literal["faster", "slower", "inconclusive"]
     reason: str | None = None
+    round_speedups: list[float] | None = Field(default=None, description="Each round's wall-time ratio, in round order.")
 
 
 class Latency(Part):

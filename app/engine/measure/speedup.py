@@ -259,7 +259,9 @@ def time_paired(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_s
                  "noisy": params.ci_target is not None and label in ratios
                  and median_ci_rel(ratios[label]) > params.ci_target}
         if label in ratios:
-            stats["vs_reference"] = estimate(ratios[label], cpu_ratios[label], host_load, reference)
+            stats["vs_reference"] = {**estimate(ratios[label], cpu_ratios[label], host_load, reference),
+                                     # wall-time ratio of each round, aligned across labels by round
+                                     "round_speedups": [round(x, 4) for x in ratios[label]]}
         timings[label] = stats
     return {"timings": timings, "host_load": host_load}
 

@@ -34,7 +34,6 @@ LAYER_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention")
 # tier's variants tie on speed and per-channel, the more accurate, goes first.
 SPEED = {("static", True): 2, ("static", False): 2, ("dynamic", False): 1, ("dynamic", True): 1}
 SLOW_WITH_CONV = {"dynamic": 0}  # speed 0: expected slower than the float parent
-ROUNDS = 5  # timing rounds per point: a ratio per round, so a burst of load spoils one round
 
 
 class Phases:
@@ -237,22 +236,15 @@ def choose(finalists: list[dict], grid: dict) -> tuple[dict, str]:
 
 def time_finalists(models: dict[str, Path], params: Any, feeds: FeedSource, ctx: Context,
                    span: tuple[float, float]) -> dict[str, Any]:
-    """The ONE place quantize.auto times models: at each (threads, batch) point, ROUNDS rounds
-    of ``time_interleaved`` (models alternated within a round), each model's speedup over
-    ``parent`` taken per round. A model's p50 is the median of its rounds' p50s; its speedup
-    the median of its per-round ratios. Same shape as measure_grid's result, plus ``timing``."""
-    import statistics
-
+    """The ONE place quantize.auto times models: at each (threads, batch) point, the parent and
+    every finalist in interleaved rounds (``measure.speedup.time_paired``), each finalist's
+    speedup the median of its per-round ratios to the parent, with interval and verdict. Same
+    shape as measure_grid's result, plus ``timing``."""
     from app.engine.errors import UnsupportedModel
-    from app.engine.measure.latency import time_interleaved
+    from app.engine.measure.speedup import time_paired
     from app.engine.runtime.inputs import batch_conflict, input_specs
     from app.engine.runtime.sessions import create_session, used_provider
 
-    per_round = params.model_copy(update={
-        "min_runs": max(3, math.ceil(params.min_runs / ROUNDS)),
-        "min_seconds": params.min_seconds / ROUNDS, "max_seconds": params.max_seconds / ROUNDS,
-        "ci_target": None})
-    warm = per_round.model_copy(update={"warmup": 1})
     points, skipped, specs, provider = [], {}, None, ""
     for t, threads in enumerate(params.threads):
         sessions = {k: create_session(p, threads, ctx.device)[0] for k, p in models.items()}
@@ -264,30 +256,23 @@ def time_finalists(models: dict[str, Path], params: Any, feeds: FeedSource, ctx:
             stage = f"timing bs={batch} threads={threads}"
             ctx.progress(fraction, stage)
             feed = feeds(specs, batch)
-            # Warm-up once per point: the sessions stay warm between rounds.
-            rounds = [time_interleaved(sessions, feed, batch_size=batch,
-                                       params=per_round if r == 0 else warm, what=feeds.what,
-                                       tick=lambda: ctx.progress(fraction, stage))
-                      for r in range(ROUNDS)]
-            point: dict[str, Any] = {"batch_size": batch, "threads": threads,
-                                     "provider": provider,
-                                     "input_shapes": {k: [int(d) for d in v.shape]
-                                                      for k, v in feed.items()}}
-            for label in models:
-                stats = {key: round(statistics.median(r[label][key] for r in rounds), 4)
-                         for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
-                ratios = [r["parent"]["p50_ms"] / r[label]["p50_ms"] for r in rounds]
-                point[label] = {**rounds[0][label], **stats, "batch_size": batch,
-                                "runs": sum(r[label]["runs"] for r in rounds),
-                                "rounds": ROUNDS, "round_speedups": [round(x, 4) for x in ratios],
-                                "speedup": round(statistics.median(ratios), 4)}
+            timed = time_paired(sessions, feed, batch_size=batch, params=params, reference="parent",
+                                threads=threads, what=feeds.what, tick=lambda: ctx.progress(fraction, stage))
+            point: dict[str, Any] = {"batch_size": batch, "threads": threads, "provider": provider,
+                                     "host_load": timed["host_load"],
+                                     "input_shapes": {k: [int(d) for d in v.shape] for k, v in feed.items()}}
+            for label, stats in timed["timings"].items():
+                point[label] = {**stats, "batch_size": batch}
+                if vs := stats.get("vs_reference"):
+                    point[label].update(speedup=vs["speedup"], round_speedups=vs["round_speedups"],
+                                        rounds=vs["rounds"])
             points.append(point)
         del sessions
     if not points:
         raise UnsupportedModel(
             f"no requested batch size can be fed to this model: {next(iter(skipped.values()))}")
-    timing = {"method": f"{ROUNDS} rounds of interleaved runs per point (time_interleaved); "
-              "speedup = median over rounds of parent p50 / candidate p50",
+    timing = {"method": "parent and finalists in interleaved rounds per point (measure.speedup.time_paired); "
+              "speedup = median over rounds of parent time / candidate time (CPU time on a busy host)",
               "points": [{"batch_size": p["batch_size"], "threads": p["threads"],
                           **{k: p[k]["round_speedups"] for k in models if k != "parent"}}
                          for p in points]}
