@@ -12,6 +12,9 @@ FROM python:3.11-slim
 # the GPU image just points this at PyPI; a specific https://download.pytorch.org/whl/cuXYZ index
 # works too.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# onnxruntime (CPU provider) by default; the GPU image takes onnxruntime-gpu instead (the two
+# install the same `onnxruntime` module: never both).
+ARG ORT_PACKAGE=onnxruntime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -40,6 +43,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project'].get('dependencies', [])))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
+ && if [ "${ORT_PACKAGE}" != "onnxruntime" ]; then pip uninstall -y onnxruntime && pip install "${ORT_PACKAGE}"; fi \
  && rm /tmp/requirements.txt
 
 # Layer 3 (changes with every code edit): the project itself. The whole build context is copied

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 import signal
 import sys
 from pathlib import Path
@@ -132,11 +133,22 @@ def worker(args: argparse.Namespace) -> None:
 
     os.nice(settings.worker_nice)  # inherited by the pool's children
     queues = args.queues
-    if args.ready_file:  # lathe serve's supervisor reports the worker ready to /readyz from then on
+    if args.ready_file:  # lathe serve's supervisor and compose's healthcheck read it
         from celery.signals import worker_ready
 
         ready_file = Path(args.ready_file)
-        worker_ready.connect(lambda **_: ready_file.touch(), weak=False)
+
+        def alive(**_) -> None:  # touched now and every 10 s after: its age says the worker is up
+            import threading
+
+            def beat() -> None:
+                while True:
+                    ready_file.touch()
+                    time.sleep(10)
+
+            threading.Thread(target=beat, name="lathe-alive", daemon=True).start()
+
+        worker_ready.connect(alive, weak=False)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner: every line is JSON
     celery.worker_main([
         *quiet, "worker", "--queues", queues, "--concurrency", str(args.concurrency or settings.worker_concurrency),
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("worker", parents=[common], help="run a Celery worker")
     p.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu")
     p.add_argument("--concurrency", type=int)
-    p.add_argument("--ready-file", help="touched once the worker consumes jobs (lathe serve watches it)")
+    p.add_argument("--ready-file", help="touched once the worker consumes jobs, then every 10 s (lathe serve and healthchecks watch it)")
     p.set_defaults(fn=worker)
 
     p = sub.add_parser("openapi", help="print the OpenAPI document (docs/openapi.json)")

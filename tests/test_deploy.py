@@ -130,8 +130,38 @@ def test_commands(rendered):
     svc = rendered["services"]
     assert _command(svc["migrate"]) == ["lathe", "migrate"]
     assert _command(svc["api"])[:2] == ["lathe", "api"]
-    assert _command(svc["worker-cpu"]) == ["lathe", "worker", "--queues", "cpu"]
-    assert _command(svc["worker-gpu"]) == ["lathe", "worker", "--queues", "gpu"]
+    for queue in ("cpu", "gpu"):
+        assert _command(svc[f"worker-{queue}"]) == ["lathe", "worker", "--queues", queue,
+                                                    "--ready-file", "/tmp/worker.alive"]
+
+
+def test_gpu_worker_is_opt_in_and_runs_onnxruntime_on_the_gpu(rendered):
+    """A plain `up` on a CPU host must not need NVIDIA: only worker-gpu is in a profile; its
+    image swaps onnxruntime for onnxruntime-gpu, so ORT jobs on the gpu queue use CUDA."""
+    svc = rendered["services"]
+    assert svc["worker-gpu"].get("profiles") == ["gpu"]
+    assert [n for n, s in svc.items() if s.get("profiles") and n != "worker-gpu"] == []
+    assert (svc["worker-gpu"]["build"].get("args") or {}).get("ORT_PACKAGE") == "onnxruntime-gpu"
+    assert "ARG ORT_PACKAGE=onnxruntime" in DOCKERFILE.read_text()
+
+
+def test_workers_have_a_liveness_check(tmp_path, rendered):
+    """The check the workers' healthcheck runs: healthy while the ready file is fresh."""
+    import sys
+    import time
+
+    for name in ("worker-cpu", "worker-gpu"):
+        check = rendered["services"][name]["healthcheck"]
+        assert not check.get("disable") and check["test"][:2] == ["CMD", "python"]
+    code = rendered["services"]["worker-cpu"]["healthcheck"]["test"][-1].replace("/tmp/worker.alive",
+                                                                                  str(tmp_path / "alive"))
+    run = lambda: subprocess.run([sys.executable, "-c", code]).returncode  # noqa: E731
+    assert run() != 0  # never ready
+    (tmp_path / "alive").touch()
+    assert run() == 0
+    old = time.time() - 120
+    os.utime(tmp_path / "alive", (old, old))
+    assert run() != 0  # stopped touching it
 
 
 def test_worker_gpu_reserves_a_gpu(rendered):
