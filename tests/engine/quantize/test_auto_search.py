@@ -82,13 +82,17 @@ def test_a_passing_whole_model_candidate_ends_the_search(outlier, tmp_path):
     search = report["search"]
     assert search["sensitivity_ran"] is False and report["sensitivity"] is None
     assert set(search["phases"]) == {"prepare", "whole_model", "timing"}
-    first, second = report["candidates"]
-    assert first["name"] == "dynamic-per-channel" and first["meets_tolerance"] and first["chosen"]
+    first, second, bare = report["candidates"]
+    assert first["name"] == "dynamic-per-channel" and first["meets_tolerance"]
     assert first["samples"] == EVALUATED and first["phase"] == "whole_model"
     assert second["name"] == "dynamic-per-tensor" and "meets_tolerance" not in second
     assert "dynamic-per-channel already meets the tolerance" in second["skipped"]
+    # the same graph without its shape annotations, timed beside it (they steer ORT's fusions)
+    assert bare["name"] == "dynamic-per-channel-bare" and bare["phase"] == "graph_form"
+    assert bare["meets_tolerance"] and abs(bare["mean_cosine"] - first["mean_cosine"]) < 1e-4
+    assert [first["chosen"], bare["chosen"]].count(True) == 1
     assert report["quantization"]["float_layers"] == [] and report["verdict"]["within_tolerance"]
-    assert search["finalists"] == ["dynamic-per-channel"]
+    assert search["finalists"] == ["dynamic-per-channel", "dynamic-per-channel-bare"]
     assert all(len(p["dynamic-per-channel"]) >= MIN_ROUNDS for p in search["timing"]["points"])  # a ratio per round
     assert cosine(outputs(report_path(tmp_path), x), outputs(path, x)).mean() >= 0.9
     html, _ = render(report, job=JOB)  # the page says it too
