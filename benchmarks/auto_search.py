@@ -66,7 +66,8 @@ def one_run(model: Path, data: Path, out: Path, params: dict) -> None:
     out.write_text(json.dumps({
         "wall_s": round(wall, 1),
         "recipe": f"{q['mode']}{' per-channel' if q['per_channel'] else ' per-tensor'}"
-                  f" +{len(q.get('float_layers') or [])} float",
+                  f" +{len(q.get('float_layers') or [])} float"
+                  f"{' bare' if any(c.get('chosen') and c['name'].endswith('-bare') for c in report.get('candidates') or []) else ''}",
         "speedup_b1": speed.get(1), "speedup_b32": speed.get(32),
         "cos_mean": min(o.get("cosine_mean") or 1.0 for o in outputs),
         "cos_min": min(o.get("cosine_min") or 1.0 for o in outputs),

@@ -547,10 +547,27 @@ class LrPoint(Part):
     loss: float
 
 
+class RecipeTrial(Part):
+    """One short training run from the same weights, scored on held-out data."""
+
+    optimizer: str
+    lr: float
+    batch_size: int
+    why: str
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+
 class LrRangeTest(Part):
+    """How the learning rate (and, when "auto", the optimizer and batch size) was chosen."""
+
     chosen_lr: float
     rule: str
-    curve: list[LrPoint] = []
+    curve: list[LrPoint] = Field(default=[], description="The range test of the chosen optimizer.")
+    held_out: int | None = Field(default=None, description="Samples the trials were scored on.")
+    trials: list[RecipeTrial] = []
+    curves: dict[str, list[LrPoint]] = Field(default={}, description="The range test of each optimizer tried.")
+    chosen: dict[str, Any] | None = None
 
 
 class Training(Part):

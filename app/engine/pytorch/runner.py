@@ -26,25 +26,31 @@ def train(ctx: Context, module: Any, train_data: dict, val_data: dict | None,
           params: TrainingParams, *, temperature: float, alpha: float, device: str,
           span: tuple[float, float], objective: str = "kd") -> dict[str, Any]:
     """Train ``module`` in place; returns the report's ``training`` section."""
-    from app.engine.pytorch.train import TrainConfig, fit, lr_range_test
+    from dataclasses import replace
 
+    from app.engine.pytorch.train import TrainConfig, choose_recipe, fit
+
+    samples = len(train_data["inputs"][0])
     cfg = TrainConfig(epochs=params.epochs, lr=params.lr_value() or 1e-3,
-                      optimizer=params.optimizer, batch_size=params.batch_size,
+                      optimizer="adamw" if params.optimizer == "auto" else params.optimizer,
+                      batch_size=64 if params.batch_size == "auto" else params.batch_size,
                       temperature=temperature, alpha=alpha, patience=params.patience,
                       seed=params.seed, objective=objective)
-    out: dict[str, Any] = {"optimizer": params.optimizer, "batch_size": params.batch_size,
-                           "epochs_max": params.epochs, "processes": params.processes,
-                           "device": device, "train_samples": len(train_data["inputs"][0]),
+    out: dict[str, Any] = {"epochs_max": params.epochs, "processes": params.processes,
+                           "device": device, "train_samples": samples,
                            "val_samples": len(val_data["inputs"][0]) if val_data else 0,
                            "lr_range_test": None}
     module.to(device)
-    if params.lr == "auto":
-        ctx.progress(span[0], "lr range test")
-        lr, curve = lr_range_test(module, train_data, cfg, device=device)
-        cfg = TrainConfig(**{**cfg.__dict__, "lr": lr})
-        out["lr_range_test"] = {"chosen_lr": lr, "rule": "lr at the lowest smoothed loss / 10",
-                                "curve": curve}
-    out["lr"] = cfg.lr
+    if "auto" in (params.lr, params.optimizer, params.batch_size):
+        ctx.progress(span[0], "choosing lr / optimizer / batch size on held-out data")
+        cfg, chosen = choose_recipe(
+            module, train_data, val_data, cfg, device=device, auto_lr=params.lr == "auto",
+            optimizers=["adamw", "sgd"] if params.optimizer == "auto" else [cfg.optimizer],
+            batch_sizes=[b for b in (32, 64, 128) if b <= max(32, samples // 4)]
+            if params.batch_size == "auto" else [cfg.batch_size],
+            tick=lambda: ctx.progress(span[0], "choosing lr / optimizer / batch size on held-out data"))
+        out["lr_range_test"] = chosen
+    out.update(optimizer=cfg.optimizer, batch_size=cfg.batch_size, lr=cfg.lr)
     width = span[1] - span[0]
     stage = {"fraction": span[0], "text": f"epoch 1/{cfg.epochs}"}
 
