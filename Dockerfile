@@ -48,7 +48,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # place, so this is quick.
 COPY . .
 RUN pip install --no-deps onnx2torch==1.5.15 \
- && pip install . \
+ && pip install ./client . \
  && rm -rf build *.egg-info
 
 USER lathe
