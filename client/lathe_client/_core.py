@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, Union
+from typing import Any, BinaryIO, Protocol, TypeVar, Union
 
 from lathe_client._sse import SSEDecoder
 from lathe_client.errors import (ChecksumMismatchError, ConnectionFailedError, UnexpectedResponseError,
@@ -100,7 +100,7 @@ def call(request: Request) -> Op[Reply]:
         request.headers.setdefault("Idempotency-Key", f"lathe-client-{uuid.uuid4().hex}")
     for attempt in range(RETRIES + 1):
         try:
-            reply = yield request
+            reply: Reply = yield request
         except ConnectionFailedError:
             if attempt == RETRIES:
                 raise
@@ -192,7 +192,7 @@ class _FileSink:
         self.part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
         self.size = 0
         self._hash = hashlib.sha256()
-        self._file = None
+        self._file: BinaryIO | None = None
 
     def open(self, status: int, headers: dict[str, str]) -> bool:
         if status == 206 and self.size:
@@ -310,7 +310,8 @@ def wait(job: dict[str, Any], timeout: float | None, on_update: Callable[[dict[s
         try:
             reply = yield Stream(request, events)
         except ConnectionFailedError:
-            failures = 0 if events.received else failures + 1
+            # A stream that opened and then went quiet past the read timeout is resumed, not counted.
+            failures = 0 if events.opened else failures + 1
             if failures >= EVENTS_MAX_FAILURES:
                 raise
             if _remaining(deadline, latest[0], raise_=False) > 0:
@@ -331,13 +332,21 @@ def wait(job: dict[str, Any], timeout: float | None, on_update: Callable[[dict[s
 def poll(job: dict[str, Any], deadline: float | None, on_update: Callable[[dict[str, Any]], None]) -> Op[dict[str, Any]]:
     """``GET /v1/jobs/{id}`` with backoff (0.2 s to 2 s); ``?wait=`` lets a service that
     supports it answer as soon as the job changes (one that does not ignores it)."""
-    delay = POLL_MIN_S
+    delay, failures = POLL_MIN_S, 0
     while True:
         started = time.monotonic()
         remaining = _remaining(deadline, job)
         params = {"wait": int(min(LONG_POLL_S, remaining))} if remaining >= 1 else None
         wait_s = params["wait"] if params else 0
-        reply = yield from call(Request("GET", f"/v1/jobs/{job['id']}", params=params, timeout=wait_s + 30.0))
+        try:
+            reply = yield from call(Request("GET", f"/v1/jobs/{job['id']}", params=params, timeout=wait_s + 30.0))
+        except ConnectionFailedError:
+            failures += 1  # call() retried already: the service is away for a while (a restart?)
+            if failures >= EVENTS_MAX_FAILURES:
+                raise
+            yield Sleep(min(POLL_MAX_S * failures, _remaining(deadline, job)))
+            continue
+        failures = 0
         current = reply.json()
         changed = {k: current.get(k) for k in ("status", "progress", "stage")} != \
                   {k: job.get(k) for k in ("status", "progress", "stage")}

@@ -55,11 +55,26 @@ class _Steps:
 
 
 def run_sync(http: httpx.Client, op: Op[T]) -> T:
-    steps = _Steps(op)
+    try:
+        result: T = _run_sync(http, _Steps(op))
+        return result
+    finally:
+        op.close()  # an interrupted operation cleans up now (partial download, progress line)
+
+
+async def run_async(http: httpx.AsyncClient, op: Op[T]) -> T:
+    try:
+        result: T = await _run_async(http, _Steps(op))
+        return result
+    finally:
+        op.close()
+
+
+def _run_sync(http: httpx.Client, steps: _Steps) -> Any:
     while True:
         done, effect = steps.next()
         if done:
-            return effect  # type: ignore[no-any-return]
+            return effect
         if isinstance(effect, Sleep):
             time.sleep(max(effect.seconds, 0.0))
             continue
@@ -82,12 +97,11 @@ def run_sync(http: httpx.Client, op: Op[T]) -> T:
             steps.error = _failed(exc, request)
 
 
-async def run_async(http: httpx.AsyncClient, op: Op[T]) -> T:
-    steps = _Steps(op)
+async def _run_async(http: httpx.AsyncClient, steps: _Steps) -> Any:
     while True:
         done, effect = steps.next()
         if done:
-            return effect  # type: ignore[no-any-return]
+            return effect
         if isinstance(effect, Sleep):
             await asyncio.sleep(max(effect.seconds, 0.0))
             continue

@@ -118,10 +118,11 @@ def _server_cli() -> Callable[[list[str]], None] | None:
         scripts = metadata.distribution("lathe").entry_points.select(group="console_scripts", name="lathe")
         if not any(ep.value == "app.cli:main" for ep in scripts):
             return None
-        from app.cli import main as server_main
+        from app.cli import main as server_main  # type: ignore[import-not-found,unused-ignore]
     except (metadata.PackageNotFoundError, ImportError):
         return None
-    return server_main
+    found: Callable[[list[str]], None] = server_main
+    return found
 
 
 # --- the commands --------------------------------------------------------------------------------

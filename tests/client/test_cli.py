@@ -56,8 +56,8 @@ def test_failed_job_and_refusals_exit_non_zero(service, key, mlp_onnx):
     failed = cli(service, key, "jobs", "submit", model["id"], "quantize.dynamic", "--params", nothing, "--wait")
     assert failed.returncode == 1, failed.stderr + failed.stdout
     assert "failed:" in failed.stdout and "nothing to quantize" in failed.stdout
-    as_json = cli(service, key, "jobs", "submit", model["id"], "quantize.dynamic", "--params", nothing,
-                  "--wait", "--json")
+    job_id = failed.stderr.split()[1]  # "job <id> queued: ..."
+    as_json = cli(service, key, "jobs", "wait", job_id, "--json")
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["status"] == "failed"
 
     refused = cli(service, key, "jobs", "submit", model["id"], "quantize.dynamic", "--params", '{"weight_type": "int3"}')
