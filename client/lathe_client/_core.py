@@ -111,7 +111,8 @@ def call(request: Request) -> Op[Reply]:
         error = error_for(reply.status, reply.headers, reply.content)
         retry_after = getattr(error, "retry_after", None)
         # 503: the database is briefly away; 409 on a retried POST: its first try is still in flight.
-        if attempt < RETRIES and (reply.status == 503 or (reply.status == 409 and attempt > 0 and request.method == "POST")):
+        in_flight = reply.status == 409 and attempt > 0 and request.method == "POST"
+        if attempt < RETRIES and (reply.status == 503 or in_flight):
             yield Sleep(min(retry_after or 0.5 * 2 ** attempt, 5.0))
             continue
         raise error
@@ -321,9 +322,12 @@ def wait(job: dict[str, Any], timeout: float | None, on_update: Callable[[dict[s
             return events.final
         if reply.status in (404, 405, 501) or (reply.status < 400 and not events.opened):
             return (yield from poll(latest[0], deadline, seen))  # a service without the event stream
-        if reply.status >= 400:
+        if reply.status >= 400 and reply.status != 503:  # 503: the database is briefly away
             raise error_for(reply.status, reply.headers, reply.content)
         failures = 0 if events.received else failures + 1
+        if failures >= EVENTS_MAX_FAILURES:
+            raise error_for(reply.status, reply.headers, reply.content) if reply.status >= 400 else \
+                UnexpectedResponseError(f"GET {request.path}: the event stream keeps closing with no event")
         # The stream ended without the last event (an API process restarted): resume after a pause.
         pause = (decoder.retry_ms or 250) / 1000 if events.received else 0.25 * 2 ** failures
         yield Sleep(min(pause, 5.0, _remaining(deadline, latest[0])))
