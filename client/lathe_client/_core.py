@@ -336,14 +336,17 @@ def wait(job: dict[str, Any], timeout: float | None, on_update: Callable[[dict[s
 def poll(job: dict[str, Any], deadline: float | None, on_update: Callable[[dict[str, Any]], None]) -> Op[dict[str, Any]]:
     """``GET /v1/jobs/{id}`` with backoff (0.2 s to 2 s); ``?wait=`` lets a service that
     supports it answer as soon as the job changes (one that does not ignores it)."""
-    delay, failures = POLL_MIN_S, 0
+    delay, failures, etag = POLL_MIN_S, 0, None
     while True:
         started = time.monotonic()
         remaining = _remaining(deadline, job)
         params = {"wait": int(min(LONG_POLL_S, remaining))} if remaining >= 1 else None
         wait_s = params["wait"] if params else 0
+        # With the ETag of the state held, a long-poll answers any change since, 304 if none.
+        headers = {"If-None-Match": etag} if etag and params else {}
         try:
-            reply = yield from call(Request("GET", f"/v1/jobs/{job['id']}", params=params, timeout=wait_s + 30.0))
+            reply = yield from call(Request("GET", f"/v1/jobs/{job['id']}", params=params, headers=headers,
+                                            timeout=wait_s + 30.0))
         except ConnectionFailedError:
             failures += 1  # call() retried already: the service is away for a while (a restart?)
             if failures >= EVENTS_MAX_FAILURES:
@@ -351,7 +354,8 @@ def poll(job: dict[str, Any], deadline: float | None, on_update: Callable[[dict[
             yield Sleep(min(POLL_MAX_S * failures, _remaining(deadline, job)))
             continue
         failures = 0
-        current = reply.json()
+        etag = reply.headers.get("etag", etag)
+        current = job if reply.status == 304 else reply.json()
         changed = {k: current.get(k) for k in ("status", "progress", "stage")} != \
                   {k: job.get(k) for k in ("status", "progress", "stage")}
         job = current

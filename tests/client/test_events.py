@@ -39,7 +39,7 @@ class Events(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.0"  # the body ends when the connection closes
     seen: list[str | None] = []
-    polls: list[dict[str, list[str]]] = []
+    polls: list[tuple[list[str] | None, str | None]] = []
 
     def do_GET(self) -> None:
         key = self.headers.get("Authorization")
@@ -66,21 +66,29 @@ class Events(BaseHTTPRequestHandler):
             self._write(body[i:i + 7])
 
     def _old_service(self) -> None:
-        """A service without the event stream (404): the job is polled, and ends on the third poll."""
+        """A service without the event stream (404): the job is polled; it is running for three polls
+        (the third answered 304, as ``?wait=`` does for an unchanged ETag), then ends."""
         url = urlsplit(self.path)
         if url.path != "/v1/jobs/j2":
             return self._send(404, "application/problem+json", b'{"type": "urn:lathe:problem:not_found"}')
-        self.polls.append(parse_qs(url.query))
-        state = [RUNNING, LATER, DONE][min(len(self.polls), 3) - 1]
-        self._send(200, "application/json", json.dumps({**JOB, "id": "j2", **state}).encode())
+        self.polls.append((parse_qs(url.query).get("wait"), self.headers.get("If-None-Match")))
+        n = [0, 0, 0, 1, 2][min(len(self.polls), 5) - 1]
+        if self.headers.get("If-None-Match") == f'"{n}"':
+            self.send_response(304)
+            self.send_header("ETag", f'"{n}"')
+            return self.end_headers()
+        self._send(200, "application/json", json.dumps({**JOB, "id": "j2", **[RUNNING, LATER, DONE][n]}).encode(),
+                   {"ETag": f'"{n}"'})
 
     def _write(self, data: bytes) -> None:
         self.wfile.write(data)
         self.wfile.flush()
         time.sleep(0.001)
 
-    def _send(self, status: int, kind: str, body: bytes) -> None:
+    def _send(self, status: int, kind: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -128,8 +136,9 @@ def test_wait_polls_a_service_without_events(events_server):
         job = lathe.jobs.get("j2")  # poll 1: running
         ended = job.wait(progress=False, on_update=lambda j: updates.append(j.progress))
     assert ended.status == "succeeded" and updates == [0.6, 1.0]
-    # The long-poll hint rides along: a service that knows ?wait= answers when the job changes.
-    assert [q.get("wait") for q in Events.polls] == [None, ["30"], ["30"]]
+    # The long-poll rides along with the ETag held: a service that knows ?wait= answers when the
+    # job changes, 304 when it did not; one that does not ignores both.
+    assert Events.polls == [(None, None), (["30"], None), (["30"], '"0"'), (["30"], '"0"'), (["30"], '"1"')]
 
 
 def test_wait_draws_progress_when_asked(events_server, capsys):
