@@ -343,7 +343,7 @@ def poll(job: dict[str, Any], deadline: float | None, on_update: Callable[[dict[
         params = {"wait": int(min(LONG_POLL_S, remaining))} if remaining >= 1 else None
         wait_s = params["wait"] if params else 0
         # With the ETag of the state held, a long-poll answers any change since, 304 if none.
-        headers = {"If-None-Match": etag} if etag and params else {}
+        headers: dict[str, str] = {"If-None-Match": etag} if etag and params else {}
         try:
             reply = yield from call(Request("GET", f"/v1/jobs/{job['id']}", params=params, headers=headers,
                                             timeout=wait_s + 30.0))
