@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tests.client.conftest import FAST, cli
+from tests.client.conftest import FAST, WAIT_S, cli
 
 
 def ok(result) -> str:
@@ -28,7 +28,8 @@ def test_upload_submit_wait_download(service, key, mlp_onnx, digits_npz, tmp_pat
     params.write_text(json.dumps(FAST))
     out = tmp_path / "mlp.int8.onnx"
     job = json.loads(ok(cli(service, key, "jobs", "submit", model["id"], "quantize.dynamic", "--params", f"@{params}",
-                            "--dataset", dataset["id"], "--wait", "--download", str(out), "--json")))
+                            "--dataset", dataset["id"], "--wait", "--timeout", WAIT_S, "--download", str(out),
+                            "--json")))
     assert job["status"] == "succeeded" and job["dataset_id"] == dataset["id"] and job["downloaded"] == str(out)
     downloaded = json.loads(ok(cli(service, key, "models", "download", job["output_model_id"],
                                    str(tmp_path / "again.onnx"), "--json")))
@@ -46,18 +47,20 @@ def test_upload_submit_wait_download(service, key, mlp_onnx, digits_npz, tmp_pat
     queued = json.loads(ok(cli(service, key, "jobs", "submit", model["id"], "benchmark", "--params",
                                json.dumps(FAST), "--json")))
     assert queued["status"] in ("queued", "running")
-    assert f"job {queued['id']} succeeded" in ok(cli(service, key, "jobs", "wait", queued["id"]))
+    waited = ok(cli(service, key, "jobs", "wait", queued["id"], "--timeout", WAIT_S))
+    assert f"job {queued['id']} succeeded" in waited
 
 
 def test_failed_job_and_refusals_exit_non_zero(service, key, mlp_onnx):
     model = json.loads(ok(cli(service, key, "models", "upload", str(mlp_onnx), "--json")))
     # Every quantizable node excluded: the job runs and fails.
     nothing = json.dumps({**FAST, "exclude_op_types": ["Gemm"], "op_types": ["MatMul"]})
-    failed = cli(service, key, "jobs", "submit", model["id"], "quantize.dynamic", "--params", nothing, "--wait")
+    failed = cli(service, key, "jobs", "submit", model["id"], "quantize.dynamic", "--params", nothing, "--wait",
+                 "--timeout", WAIT_S)
     assert failed.returncode == 1, failed.stderr + failed.stdout
     assert "failed:" in failed.stdout and "nothing to quantize" in failed.stdout
     job_id = failed.stderr.split()[1]  # "job <id> queued: ..."
-    as_json = cli(service, key, "jobs", "wait", job_id, "--json")
+    as_json = cli(service, key, "jobs", "wait", job_id, "--json", "--timeout", WAIT_S)
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["status"] == "failed"
 
     refused = cli(service, key, "jobs", "submit", model["id"], "quantize.dynamic", "--params", '{"weight_type": "int3"}')
@@ -83,7 +86,7 @@ def test_techniques_and_cancel(service, key, mlp_onnx):
     assert ok(cli(service, key, "jobs", "cancel", job["id"])).strip() == f"job {job['id']} cancelled"
     again = cli(service, key, "jobs", "cancel", job["id"], "--json")
     assert again.returncode == 3 and json.loads(again.stderr)["error"]["status"] == 409
-    waited = cli(service, key, "jobs", "wait", job["id"], "--json")
+    waited = cli(service, key, "jobs", "wait", job["id"], "--json", "--timeout", WAIT_S)
     assert waited.returncode == 1 and json.loads(waited.stdout)["status"] == "cancelled"
 
 

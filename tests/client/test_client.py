@@ -11,7 +11,7 @@ import pytest
 
 from lathe_client import (AsyncLathe, ConflictError, InvalidInputError, Job, Lathe, LatheError, NotFoundError,
                           Step, UnauthorizedError, ValidationError, WaitTimeoutError)
-from tests.client.conftest import FAST
+from tests.client.conftest import FAST, WAIT_S
 
 
 def sha256(path) -> str:
@@ -28,7 +28,7 @@ def test_whole_flow(lathe: Lathe, mlp_onnx, digits_npz, digits_x, tmp_path):
     job = lathe.jobs.submit(model.id, "quantize.dynamic", FAST, dataset_id=data.id)
     assert isinstance(job, Job) and job.status == "queued" and job.dataset_id == data.id
     seen: list[str] = []
-    job = job.wait(timeout=300, progress=False, on_update=lambda j: seen.append(j.status))
+    job = job.wait(timeout=float(WAIT_S), progress=False, on_update=lambda j: seen.append(j.status))
     assert job.status == "succeeded", job.error
     assert job.done and job.progress == 1.0 and seen[-1] == "succeeded"
     report = job.report()
@@ -108,7 +108,7 @@ def test_pipeline(lathe: Lathe, mlp_onnx):
     job = lathe.jobs.submit(model, steps=[Step("quantize.dynamic", FAST), ("benchmark", FAST)])
     assert job.technique == "pipeline"
     assert [s.technique for s in job.steps] == ["quantize.dynamic", "benchmark"]
-    job = job.wait(timeout=300, progress=False)
+    job = job.wait(timeout=float(WAIT_S), progress=False)
     assert job.status == "succeeded", job.error
     report = job.report()
     assert [s["technique"] for s in report["steps"]] == ["quantize.dynamic", "benchmark"]
@@ -121,7 +121,7 @@ def test_async_client(service, key, mlp_onnx, tmp_path):
         async with AsyncLathe(service.url, api_key=key) as lathe:
             model = await lathe.models.upload(mlp_onnx, name="mlp")
             job = await lathe.jobs.submit(model.id, "quantize.dynamic", FAST)
-            job = await job.wait(timeout=300, progress=False)
+            job = await job.wait(timeout=float(WAIT_S), progress=False)
             assert job.status == "succeeded", job.error
             assert (await job.report())["technique"] == "quantize.dynamic"
             out = await job.download(tmp_path / "q.onnx")
