@@ -49,7 +49,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY . .
 RUN pip install --no-deps onnx2torch==1.5.15 \
  && pip install ./client . \
- && rm -rf build *.egg-info
+ && rm -rf build *.egg-info client/build client/*.egg-info
 
 USER lathe
 
