@@ -52,8 +52,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # place, so this is quick.
 COPY . .
 RUN pip install --no-deps onnx2torch==1.5.15 \
- && pip install . \
- && rm -rf build *.egg-info
+ && pip install ./client . \
+ && rm -rf build *.egg-info client/build client/*.egg-info
 
 USER lathe
 

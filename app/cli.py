@@ -1,5 +1,8 @@
 """The ``lathe`` command: serve (embedded default), migrate, api, worker, keys.
 
+With the client package installed (``pip install ./client``), also its job commands: models,
+datasets, techniques, jobs (lathe_client.cli).
+
 Every command resolves the data directory the same way: ``--data-dir`` if given (exported as
 ``LATHE_DATA_DIR`` for child processes), else ``LATHE_DATA_DIR``, else ``./lathe-data``.
 """
@@ -271,7 +274,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("key")
     p.set_defaults(fn=keys_revoke)
 
+    try:  # the client's job commands (models, datasets, techniques, jobs): pip install ./client
+        from lathe_client.cli import COMMANDS as JOB_COMMANDS, add_job_commands, run as run_job_command
+    except ImportError:
+        JOB_COMMANDS = ()
+    else:
+        add_job_commands(sub)
+
     args = parser.parse_args(argv)
+    if args.command in JOB_COMMANDS:
+        raise SystemExit(run_job_command(args))
     args.fn(args)
 
 
