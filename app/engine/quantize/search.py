@@ -245,20 +245,27 @@ def _badness(row: dict) -> tuple[float, float]:
 
 
 def choose(finalists: list[dict], grid: dict) -> tuple[dict, str]:
-    """The first finalist (fastest expected), unless another was faster than it in EVERY
-    round at every measured point: one noisy timing cannot overturn the expectation."""
+    """The first finalist (fastest expected), unless another was measured faster than it at
+    every point: the 95% interval of the per-round ratio (other / first, rounds aligned: both
+    ran in the same rounds) above 1. One noisy timing cannot overturn the expectation."""
+    from app.engine.measure.stats import median, median_ci
+
     chosen = finalists[0]
     why = ("the only finalist (the others failed the tolerance or were skipped)"
            if len(finalists) == 1 else
-           "expected fastest, and no other finalist was faster in every timing round")
+           "expected fastest, and no other finalist was measured faster at every point")
     for other in finalists[1:]:
-        wins = [r_o / r_c for p in grid["points"] for r_o, r_c in
-                zip(p[other["name"]]["round_speedups"], p[chosen["name"]]["round_speedups"],
-                    strict=True)]
-        if wins and min(wins) > 1.0:
+        gains = []
+        for p in grid["points"]:
+            wins = [r_o / r_c for r_o, r_c in zip(p[other["name"]]["round_speedups"],
+                                                   p[chosen["name"]]["round_speedups"], strict=True)]
+            low, _high = median_ci(wins)
+            gains.append((median(wins) if wins else 0.0, low))
+        if gains and all(low is not None and low > 1.0 for _, low in gains):
             chosen = other
-            why = (f"faster than {finalists[0]['name']} in every timing round "
-                   f"(by {min(wins):.2f}x to {max(wins):.2f}x)")
+            why = (f"measured faster than {finalists[0]['name']} at every point (median per-round "
+                   f"ratio {min(g for g, _ in gains):.2f}x to {max(g for g, _ in gains):.2f}x, "
+                   "95% interval above 1)")
     return chosen, why
 
 

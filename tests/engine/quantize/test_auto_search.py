@@ -41,16 +41,23 @@ def test_candidates_fastest_expected_first():
     assert dense[0]["speed"] == dense[1]["speed"]
 
 
-def test_timing_overturns_the_expected_order_only_when_every_round_agrees():
+def test_timing_overturns_the_expected_order_only_when_the_interval_says_so():
     finalists = [{"name": "a"}, {"name": "b"}]
 
     def grid(a: list[float], b: list[float]) -> dict:
         return {"points": [{"a": {"round_speedups": a}, "b": {"round_speedups": b}}]}
 
-    # b's median is higher, but one round (a burst of load) had it slower: a stays.
-    assert choose(finalists, grid([1.5, 1.5, 1.5], [1.9, 1.8, 1.4]))[0]["name"] == "a"
-    chosen, why = choose(finalists, grid([1.5, 1.5, 1.5], [1.6, 1.7, 1.6]))
-    assert chosen["name"] == "b" and "every timing round" in why
+    flat = [1.5] * 12
+    # too few rounds to tell, whatever the figures: a stays
+    assert choose(finalists, grid([1.5] * 3, [1.9] * 3))[0]["name"] == "a"
+    # b faster in most rounds, but slower in enough of them (bursts of load) that the interval
+    # of the per-round ratio reaches below 1: a stays
+    noisy = [1.9, 1.4, 1.8, 1.3, 1.9, 1.4, 1.8, 1.3, 1.9, 1.4, 1.8, 1.45]
+    assert choose(finalists, grid(flat, noisy))[0]["name"] == "a"
+    # b faster in most rounds, one burst had it slower, the interval is still above 1: b
+    steady = [1.8, 1.7, 1.8, 1.75, 1.8, 1.7, 1.2, 1.8, 1.75, 1.8, 1.7, 1.8]
+    chosen, why = choose(finalists, grid(flat, steady))
+    assert chosen["name"] == "b" and "95% interval above 1" in why
 
 
 def test_a_cnn_tries_static_per_channel_first(models, tmp_path):
@@ -60,7 +67,9 @@ def test_a_cnn_tries_static_per_channel_first(models, tmp_path):
     report = run(QuantizeAuto, models["cnn"], params, tmp_path / "w", data).report
     rows = {c["name"]: c for c in report["candidates"]}
     assert report["search"]["order"][0] == "static-per-channel"
-    assert rows["static-per-channel"]["chosen"] and rows["static-per-channel"]["meets_tolerance"]
+    assert rows["static-per-channel"]["meets_tolerance"]
+    # it, or the same graph without shape annotations when that was measured faster
+    assert [rows[n].get("chosen") for n in rows if n.startswith("static-per-channel")].count(True) == 1
     # The rest cannot beat it in expectation: not even built.
     for name in ("static-per-tensor", "dynamic-per-channel", "dynamic-per-tensor"):
         assert "static-per-channel already meets" in rows[name]["skipped"]
