@@ -31,9 +31,10 @@ from tests.support.deploy import deployment, wait_job  # noqa: E402
 from benchmarks.quantization import train_cnn  # noqa: E402 (the same residual CNN recipe)
 
 MEASURE = {"batch_sizes": [32], "threads": [1], "min_runs": 30, "min_seconds": 1.0, "max_seconds": 20.0}
-# lr is fixed: lr="auto" (range test, a tenth of the LR at the lowest loss) chose 7e-3 here,
-# too aggressive for this BatchNorm-free (folded) net: 85 % top-1 after 12 epochs, vs 99 %.
-RECOVER = {"epochs": 25, "lr": 3e-3, "source": "teacher", "alpha": 0.5, "patience": 5}
+# lr "auto": the range test's rule alone (a tenth of the LR at the lowest loss) chose 7e-3 here,
+# 85 % top-1 after 12 epochs where 3e-3 reaches 99 %; its proposals are now validated on
+# held-out data (issue 15 item 4), which is what this row checks.
+RECOVER = {"epochs": 25, "lr": "auto", "source": "teacher", "alpha": 0.5, "patience": 5}
 
 
 def upload(client, path: Path, kind: str = "models") -> str:
