@@ -32,6 +32,11 @@ SAME_MEANING: dict[str, tuple[int, ...]] = {
     "Cast": _NEWER,  # 19 also added `saturate`, which only applies to float8 targets
     "Unsqueeze": _NEWER[1:], "Transpose": _NEWER[1:], "Flatten": _NEWER[1:],
     "Squeeze": _NEWER[2:],
+    # opset 22 added bfloat16 to the convolution, pooling and activation ops CNNs use
+    **{op: (22,) for op in ("Conv", "ConvTranspose", "AveragePool", "MaxPool", "GlobalAveragePool",
+                            "GlobalMaxPool", "Dropout", "InstanceNormalization", "HardSigmoid",
+                            "HardSwish", "Elu", "Selu", "Softplus", "Softsign", "Mish", "LpPool",
+                            "Round", "Sin", "Cos")},
 }
 _REDUCE_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
               "ReduceMin", "ReduceProd", "ReduceSumSquare")
