@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from onnx2torch.node_converters import registry
+from onnx2torch.node_converters.global_average_pool import OnnxGlobalAveragePool
 from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
 from onnx2torch.node_converters.reshape import OnnxReshape
 from onnx2torch.node_converters.split import OnnxSplit13
@@ -53,6 +54,11 @@ def register() -> None:
         _replace("Reshape", version, _reshape)
     for version in _NEWER:
         _add("Reshape", version, registry.get_converter("Reshape", 14))
+    # onnx2torch reads shapes from value_info, where an unknown dimension reads 0 and an unknown
+    # rank reads []: GlobalAveragePool then averages over every axis, LayerNorm normalizes over
+    # [0]. Both are built here from what is certain (the input at run time, the scale's shape).
+    _replace("GlobalAveragePool", 1, lambda _original: _global_average_pool)
+    _replace("LayerNormalization", 17, _layer_norm)
     # Flatten: onnx2torch's fails when the input has exactly `axis` dimensions (BERT's
     # TorchScript export flattens its 2-D mask with axis=2).
     for version in (9, 11, 13):
@@ -71,6 +77,7 @@ def register() -> None:
     _add("ReduceMin", 20, _reduce)
     _add("Gelu", 20, _gelu)
     _add("Trilu", 14, _trilu)
+    _register_weights()
     _registered = True
 
 
@@ -172,6 +179,28 @@ def _flatten(node: Any, graph: Any) -> Any:  # noqa: ARG001
     return _result(node, OnnxFlatten(node.attributes.get("axis", 1)))
 
 
+def _global_average_pool(node: Any, graph: Any) -> Any:  # noqa: ARG001
+    return _result(node, OnnxGlobalAveragePool())
+
+
+def _layer_norm(original: Any) -> Any:
+    def convert(node: Any, graph: Any) -> Any:
+        scale = node.input_values[1]
+        bias = node.input_values[2] if len(node.input_values) > 2 and node.input_values[2] else None
+        if scale not in graph.initializers or (bias is not None and bias not in graph.initializers):
+            return original(node, graph)
+        weight = graph.initializers[scale].to_torch()
+        module = torch.nn.LayerNorm(tuple(weight.shape), eps=node.attributes.get("epsilon", 1e-5))
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            if bias is not None:
+                module.bias.copy_(graph.initializers[bias].to_torch())
+        mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
+        return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+    return convert
+
+
 def _reduce(node: Any, graph: Any) -> Any:
     """Reduce-18: the axes input must be a constant (a computed one is refused, as before)."""
     axes = None
@@ -186,3 +215,76 @@ def _reduce(node: Any, graph: Any) -> Any:
         module = OnnxReduceStaticAxes(node.operation_type, axes, node.attributes.get("keepdims", 1))
     mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
     return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+
+# ---------------------------------------------------------------- weights outside Conv/Gemm
+# onnx2torch keeps every initializer as a buffer and converts MatMul to torch.matmul: a linear
+# layer applied to a 3-D/4-D tensor (ConvNeXt's point-wise MLP, transformer FFNs: MatMul + Add),
+# a layer scale or a decomposed LayerNorm's weight (Mul/Add by a constant) then neither trains
+# nor shrinks with the channels Torch-Pruning removes. A MatMul by a constant matrix becomes an
+# nn.Linear, and a constant tensor operand of Add/Sub/Mul/Div an nn.Parameter (pruning treats
+# it as an unwrapped parameter along its channel dimension).
+
+
+def _register_weights() -> None:
+    for version in (1, 9, 13):
+        _replace("MatMul", version, _matmul)
+    for op in _ARITHMETIC:
+        for version in (7, 13, 14):
+            _replace(op, version, _arithmetic)
+
+
+_ARITHMETIC = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}
+
+
+def _weight(name: str, graph: Any) -> Any:
+    """The float initializer called ``name`` as a tensor, or None."""
+    if name not in graph.initializers:
+        return None
+    tensor = graph.initializers[name].to_torch()
+    return tensor if tensor.is_floating_point() else None
+
+
+def _matmul(original: Any) -> Any:
+    def convert(node: Any, graph: Any) -> Any:
+        x, w = node.input_values
+        weight = _weight(w, graph)
+        if weight is None or weight.dim() != 2 or x in graph.initializers:
+            return original(node, graph)
+        linear = torch.nn.Linear(weight.shape[0], weight.shape[1], bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(weight.t())
+        mapping = OnnxMapping(inputs=(x,), outputs=node.output_values)
+        return OperationConverterResult(torch_module=linear, onnx_mapping=mapping)
+
+    return convert
+
+
+class OnnxConstantOperand(torch.nn.Module, OnnxToTorchModule):
+    """``x op weight`` (or ``weight op x``) with the constant as a trainable parameter."""
+
+    def __init__(self, op: str, weight: Any, weight_first: bool) -> None:
+        super().__init__()
+        self.op, self.weight_first = op, weight_first
+        self.weight = torch.nn.Parameter(weight)
+
+    def forward(self, x: Any) -> Any:
+        a, b = (self.weight, x) if self.weight_first else (x, self.weight)
+        return _ARITHMETIC[self.op](a, b)
+
+
+def _arithmetic(original: Any) -> Any:
+    def convert(node: Any, graph: Any) -> Any:
+        first, second = node.input_values
+        weights = [_weight(first, graph), _weight(second, graph)]
+        if (weights[0] is None) == (weights[1] is None):  # none constant, or both
+            return original(node, graph)
+        position = 0 if weights[0] is not None else 1
+        weight = weights[position]
+        if weight.numel() < 2:  # a scalar (an epsilon, a scale): stays a constant
+            return original(node, graph)
+        module = OnnxConstantOperand(node.operation_type, weight, position == 0)
+        mapping = OnnxMapping(inputs=(node.input_values[1 - position],), outputs=node.output_values)
+        return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+    return convert
