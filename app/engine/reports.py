@@ -517,6 +517,7 @@ class StructuredPruning(Part):
     round_to: int | None = None
     protected_layers: list[str] = []
     pruned_layers: list[str] = []
+    partial: str | None = None  # why only some groups of channels were pruned
     layer_shapes: dict[str, LayerShapes] = {}
 
 

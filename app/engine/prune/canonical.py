@@ -40,6 +40,8 @@ def _rewrite_file(source: str, target: str) -> list[str]:
     import onnx
 
     model = onnx.load(source, load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return []  # its weights stay beside the original: converted from there, unchanged
     changes = canonicalize(model)
     if changes:
         onnx.save(model, target)
