@@ -11,6 +11,10 @@ constants where a flatten or a padding was meant:
 - ``auto_pad=SAME_UPPER/SAME_LOWER`` (Keras/TF-style convolutions, EfficientNet): onnx2torch has
   no converter for it; from the inferred input size (or any size, when the stride is 1) it is
   explicit ``pads``.
+- a pool whose one window covers the whole last feature map (a ceil-mode AvgPool at opset 9,
+  with uneven pads onnx2torch refuses) is the global pool it means.
+- Identity nodes that rename a weight (TorchScript's deduplicated initializers) are folded, so
+  onnx2torch finds the weight among the initializers.
 
 The rewrite runs in a bounded child (shape inference is native code on an uploaded graph).
 """
@@ -69,6 +73,10 @@ def canonicalize(model: Any) -> list[str]:
 def _fold_identities(graph: Any) -> list[str]:
     """Identity nodes that only rename an initializer (the TorchScript exporter writes them for
     weights it deduplicated) are removed: onnx2torch looks weights up among initializers."""
+    from onnx import AttributeProto
+
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return []  # a subgraph may read the renamed value: leave the names alone
     weights = {init.name for init in graph.initializer}
     outputs = {o.name for o in graph.output}
     renamed = {n.output[0]: n.input[0] for n in graph.node
@@ -98,16 +106,16 @@ def _shapes(graph: Any) -> dict[str, list[int | str | None]]:
 
 def _constants(graph: Any) -> dict[str, list[int]]:
     """Integer tensors known without running the graph (initializers, Constant nodes)."""
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     out = {}
     for init in graph.initializer:
-        if init.data_type in (6, 7):  # int32, int64
+        if init.data_type in (TensorProto.INT32, TensorProto.INT64):
             out[init.name] = numpy_helper.to_array(init).reshape(-1).tolist()
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             t = node.attribute[0].t
-            if t.data_type in (6, 7):
+            if t.data_type in (TensorProto.INT32, TensorProto.INT64):
                 out[node.output[0]] = numpy_helper.to_array(t).reshape(-1).tolist()
     return out
 

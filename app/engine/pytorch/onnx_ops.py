@@ -1,4 +1,4 @@
-"""Converters onnx2torch lacks for transformer exports, added through its own registry.
+"""Converters onnx2torch lacks (or gets wrong) for real exports, added through its own registry.
 
 onnx2torch looks a converter up by the operator's ``since_version`` at the model's opset, so a
 model exported at a newer opset than onnx2torch knows (torch's ``dynamo=True`` exporter writes
@@ -6,7 +6,10 @@ opset 18-20) fails on ``Shape``/``Reshape``/``Cast`` although their meaning did 
 ``SAME_MEANING`` lists the newer versions whose changes are only wider type lists (float8, int4,
 bfloat16, strings): they reuse onnx2torch's converter of the previous version, which still
 refuses the new types it cannot represent. Ops onnx2torch has no converter for at all (``Gelu``,
-``Trilu``) get one here. Everything is registered once, on first use (``register``).
+``Trilu``) get one here, and a few of its converters are replaced: weights outside Conv/Gemm
+become trainable (MatMul by a constant is an ``nn.Linear``), and converters that trusted shapes
+shape inference left unknown no longer do. Everything is registered once, on first use
+(``register``).
 """
 
 from __future__ import annotations
