@@ -60,6 +60,9 @@ def canonicalize(model: Any) -> list[str]:
     shapes = _shapes(inferred.graph)
     constants = _constants(model.graph)
     changes = _fold_identities(model.graph)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    nodes = []
+    made_by = {out: n for n in model.graph.node for out in n.output}
     for node in model.graph.node:
         if node.op_type in _POOLS_AND_CONVS and _explicit_same_pads(node, shapes):
             changes.append(f"{node.name or node.output[0]}: auto_pad to explicit pads")
@@ -67,6 +70,14 @@ def canonicalize(model: Any) -> list[str]:
             changes.append(f"{node.name or node.output[0]}: {node.op_type}")
         elif node.op_type == "Reshape" and _flatten_head(node, shapes, constants):
             changes.append(f"{node.name or node.output[0]}: Reshape to Flatten(axis=1)")
+        elif node.op_type == "Reshape" and opset >= 13:
+            computed = _channel_groups_reshape(node, shapes, constants, model.graph, made_by)
+            if computed:
+                nodes.extend(computed)
+                changes.append(f"{node.name or node.output[0]}: channel groups from the input's shape")
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     return changes
 
 
@@ -218,3 +229,55 @@ def _flatten_head(node: Any, shapes: dict, constants: dict) -> bool:
     del node.attribute[:]
     _set_attr(node, "axis", 1)
     return True
+
+
+def _channel_groups_reshape(node: Any, shapes: dict, constants: dict, graph: Any,
+                            made_by: dict) -> list[Any]:
+    """A channel shuffle's constant reshapes, x: (N, C, H, W) -> (N, g, C/g, H, W), a
+    Transpose, then back to (N, C, H, W), rewritten to take C/g and C from x's shape at run time
+    (as the TorchScript exporter writes them), so they follow a pruned C. Returns the nodes
+    computing the new shape (to insert before ``node``), or [] when not such a reshape."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    source = shapes.get(node.input[0])
+    target = constants.get(node.input[1]) if len(node.input) > 1 else None
+    if not source or target is None or {len(source), len(target)} != {4, 5}:
+        return []
+    if not all(isinstance(n, int) and n > 0 for n in source[1:]) or target[0] not in (-1, source[0]):
+        return []
+    split = len(source) == 4
+    if split:
+        x = node.input[0]
+        if list(target[3:]) != source[2:] or target[1] * target[2] != source[1]:
+            return []
+    else:  # the merge reads the shape of the tensor the split took (a traced shape otherwise)
+        shuffle = made_by.get(node.input[0])
+        before = made_by.get(shuffle.input[0]) if shuffle is not None and shuffle.op_type == "Transpose" else None
+        if before is None or before.op_type != "Reshape" or \
+                shapes.get(before.input[0], [None])[1:] != list(target[1:]):
+            return []
+        x = before.input[0]
+    base = f"{node.output[0]}__lathe_shape"
+    made = [helper.make_node("Shape", [x], [f"{base}_all"])]
+    if split:  # (N, g, C/g, H, W): g stays, C/g follows C
+
+        def const(name: str, values: list[int]) -> str:
+            graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), f"{base}_{name}"))
+            return f"{base}_{name}"
+
+        def dims(start: int, end: int) -> str:
+            made.append(helper.make_node("Slice", [f"{base}_all", const(f"s{start}", [start]),
+                                                   const(f"e{start}", [end]), const("axis", [0])],
+                                         [f"{base}_dims{start}"]))
+            return f"{base}_dims{start}"
+
+        batch, channels, rest = dims(0, 1), dims(1, 2), dims(2, 4)
+        made.append(helper.make_node("Div", [channels, const("groups", [target[1]])], [f"{base}_per_group"]))
+        made.append(helper.make_node("Concat", [batch, const("g", [target[1]]), f"{base}_per_group", rest],
+                                     [f"{base}_shape"], axis=0))
+        node.input[1] = f"{base}_shape"
+    else:
+        node.input[1] = f"{base}_all"
+    _set_attr(node, "allowzero", None)
+    return made

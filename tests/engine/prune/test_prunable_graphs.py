@@ -204,3 +204,38 @@ def test_a_graph_whose_every_width_is_fixed_fails_naming_the_operator(tmp_path, 
     path = _export(HeadsReshape(plain=False), tmp_path / "fixed.onnx", shape=(2, 1, 8, 8))
     with pytest.raises(UnsupportedModel, match=r"Torch-Pruning cannot prune this graph.*reshape"):
         _prune(path, make_ctx)
+
+
+class Shuffle(torch.nn.Module):
+    """ShuffleNet's unit: grouped 1x1 conv, channel shuffle (view/transpose/reshape, constant
+    shapes once dynamo folds them), depthwise conv, grouped 1x1 conv, residual."""
+
+    def __init__(self, c: int = 24, groups: int = 3) -> None:
+        super().__init__()
+        self.groups = groups
+        self.stem = _cbr(3, c, s=2)
+        self.g1 = _cbr(c, c, k=1, g=groups)
+        self.dw = torch.nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.g2 = torch.nn.Conv2d(c, c, 1, groups=groups)
+        self.head = torch.nn.Linear(c, 5)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.g1(h)
+        b, c, hh, ww = y.shape
+        y = y.view(b, self.groups, c // self.groups, hh, ww).transpose(1, 2).reshape(b, c, hh, ww)
+        h = torch.relu(h + self.g2(self.dw(y)))
+        return self.head(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+def test_a_channel_shuffle_exported_by_dynamo_is_pruned(tmp_path, make_ctx):
+    torch.manual_seed(0)
+    path = _export(Shuffle(), tmp_path / "shuffle.onnx", dynamo=True, opset=18)
+    model = onnx.load(str(path))
+    rewritten = onnx.ModelProto.FromString(model.SerializeToString())
+    assert len([c for c in canonicalize(rewritten) if "channel groups" in c]) == 2
+    assert _same_outputs(model, rewritten, (2, 3, 16, 16))
+    result = _prune(path, make_ctx)
+    assert result.report["verification"]["output_shapes_match_parent"]
+    assert result.report["result"]["parameter_count"] < 0.6 * result.report["parent"]["parameter_count"]
+    assert _runs(result.output_path, np.zeros((3, 3, 16, 16), np.float32)).shape == (3, 5)
