@@ -46,7 +46,8 @@ def _rewrite_file(source: str, target: str) -> list[str]:
     model = onnx.load(source, load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return []  # its weights stay beside the original: converted from there, unchanged
-    changes = canonicalize(model)
+    changes = _constant_reshape_targets(model, source)
+    changes += canonicalize(model)
     if changes:
         onnx.save(model, target)
     return changes
@@ -60,7 +61,6 @@ def canonicalize(model: Any) -> list[str]:
     shapes = _shapes(inferred.graph)
     constants = _constants(model.graph)
     changes = _fold_identities(model.graph)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     nodes = []
     made_by = {out: n for n in model.graph.node for out in n.output}
     for node in model.graph.node:
@@ -70,7 +70,7 @@ def canonicalize(model: Any) -> list[str]:
             changes.append(f"{node.name or node.output[0]}: {node.op_type}")
         elif node.op_type == "Reshape" and _flatten_head(node, shapes, constants):
             changes.append(f"{node.name or node.output[0]}: Reshape to Flatten(axis=1)")
-        elif node.op_type == "Reshape" and opset >= 13:
+        elif node.op_type == "Reshape":
             computed = _channel_groups_reshape(node, shapes, constants, model.graph, made_by)
             if computed:
                 nodes.extend(computed)
@@ -244,7 +244,8 @@ def _channel_groups_reshape(node: Any, shapes: dict, constants: dict, graph: Any
     target = constants.get(node.input[1]) if len(node.input) > 1 else None
     if not source or target is None or {len(source), len(target)} != {4, 5}:
         return []
-    if not all(isinstance(n, int) and n > 0 for n in source[1:]) or target[0] not in (-1, source[0]):
+    copies = 0 if not _attr(node, "allowzero", 0) else -1  # a 0 copies the input's dimension
+    if not all(isinstance(n, int) and n > 0 for n in source[1:]) or target[0] not in (-1, copies, source[0]):
         return []
     split = len(source) == 4
     if split:
@@ -266,10 +267,9 @@ def _channel_groups_reshape(node: Any, shapes: dict, constants: dict, graph: Any
             graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), f"{base}_{name}"))
             return f"{base}_{name}"
 
-        def dims(start: int, end: int) -> str:
-            made.append(helper.make_node("Slice", [f"{base}_all", const(f"s{start}", [start]),
-                                                   const(f"e{start}", [end]), const("axis", [0])],
-                                         [f"{base}_dims{start}"]))
+        def dims(start: int, end: int) -> str:  # Gather: the same at every opset
+            made.append(helper.make_node("Gather", [f"{base}_all", const(f"i{start}", list(range(start, end)))],
+                                         [f"{base}_dims{start}"], axis=0))
             return f"{base}_dims{start}"
 
         batch, channels, rest = dims(0, 1), dims(1, 2), dims(2, 4)
@@ -280,4 +280,76 @@ def _channel_groups_reshape(node: Any, shapes: dict, constants: dict, graph: Any
     else:
         node.input[1] = f"{base}_all"
     _set_attr(node, "allowzero", None)
+    for k, new in enumerate(made):  # unique names: onnx2torch keys its nodes by name
+        new.name = f"{base}_{k}"
     return made
+
+
+def _constant_reshape_targets(model: Any, source: str) -> list[str]:
+    """Reshape targets computed from ``Shape`` (TorchScript writes ``x.view(x.size(0), -1)``
+    and attention's head split so) become constants, measured by running the model at batch 2
+    and 3: a dimension that follows the batch is 0 (copy) or -1. onnx2torch's shape operators
+    export with the sizes they were traced at, so a computed target would come back with the
+    batch baked in. Only for inputs whose dimensions other than the first are fixed (images)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+    from app.engine.runtime.inputs import generate_feed
+
+    graph = model.graph
+    weights = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    if not inputs or any(not d.HasField("dim_value") for i in inputs
+                         for d in i.type.tensor_type.shape.dim[1:]):
+        return []
+    constants = _constants(graph)
+    reshapes = [n for n in graph.node if n.op_type == "Reshape" and n.input[1] not in constants]
+    if not reshapes:
+        return []
+    probe = onnx_copy(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             (*shape_inference.infer_shapes(model).graph.value_info, *graph.input)}
+    known = {o.name for o in probe.graph.output}
+    for n in reshapes:
+        for name, kind in ((n.input[1], TensorProto.INT64), (n.input[0], types.get(n.input[0]))):
+            if name not in known and kind:
+                probe.graph.output.append(helper.make_tensor_value_info(name, kind, None))
+                known.add(name)
+    specs = [{"name": i.name, "dtype": helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name,
+              "shape": [d.dim_value or d.dim_param or None for d in i.type.tensor_type.shape.dim]}
+             for i in inputs]
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        runs = [dict(zip(names, session.run(None, generate_feed(specs, b, dims={}, default_dim=8,
+                                                                 int_high=10, seed=0))))
+                for b in (2, 3)]
+    except Exception as exc:  # noqa: BLE001 - leave the graph as it is: onnx2torch may still manage
+        return []
+    changes = []
+    for n in reshapes:
+        two, three = ([int(v) for v in run[n.input[1]].reshape(-1)] for run in runs)
+        dims = [run[n.input[0]].shape if n.input[0] in run else () for run in runs]
+        zero_copies = not _attr(n, "allowzero", 0)
+        target = []
+        for i, (a, b) in enumerate(zip(two, three)):
+            if a == b:
+                target.append(a)
+            elif zero_copies and i < len(dims[0]) and (a, b) == (dims[0][i], dims[1][i]):
+                target.append(0)
+            else:
+                target.append(-1)
+        if target.count(-1) > 1 or len(two) != len(three):
+            continue
+        name = f"{n.output[0]}__lathe_target"
+        graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
+        n.input[1] = name
+        changes.append(f"{n.name or n.output[0]}: target {target}")
+    return changes
+
+
+def onnx_copy(model: Any) -> Any:
+    import onnx
+
+    return onnx.ModelProto.FromString(model.SerializeToString())

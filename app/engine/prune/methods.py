@@ -107,6 +107,31 @@ def _prune_plain_groups(module: Any, inputs: tuple, *, ratio: float, importance:
     free parameter (the inner width of an MLP block, conv -> norm -> activation -> conv), the
     ones a graph with shape constants (attention heads, channel shuffles, class tokens) cannot
     break. Returns what the report says about it; raises UnsupportedModel when none is left."""
+    try:
+        done, blocked = _prune_groups(module, inputs, ratio, importance, ignored, round_to, labels)
+        if done:
+            _check_runs(module, inputs)
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failures, as above
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UnsupportedModel(
+            f"Torch-Pruning cannot prune this graph: {why}; pruning only the plain groups "
+            f"also fails ({reason}). prune.unstructured or the quantize techniques work on "
+            "this model") from None
+    module.zero_grad(set_to_none=True)
+    blockers = ", ".join(f"{k.lower()} ({n})" for k, n in sorted(blocked.items(), key=lambda kv: -kv[1]))
+    if not done:
+        raise UnsupportedModel(
+            f"Torch-Pruning cannot prune this graph: {why}. No layer's channels are free of "
+            f"operators that fix a shape (blocking: {blockers or 'none found'}); structured "
+            "pruning needs channels that flow through convolutions, linear layers, norms and "
+            "element-wise ops. prune.unstructured or the quantize techniques work on this model")
+    return (f"{done} groups of channels pruned; the others reach operators that fix a shape "
+            f"({blockers}), so their widths are kept")
+
+
+def _prune_groups(module: Any, inputs: tuple, ratio: float, importance: str, ignored: list,
+                  round_to: int | None, labels: Any) -> tuple[int, dict[str, int]]:
+    """Prune the plain groups; returns how many, and the operators that blocked the others."""
     import torch
     import torch_pruning as tp
 
@@ -132,24 +157,7 @@ def _prune_plain_groups(module: Any, inputs: tuple, *, ratio: float, importance:
             continue
         group.prune(torch.argsort(scores)[:total - keep].tolist())
         done += 1
-    module.zero_grad(set_to_none=True)
-    blockers = ", ".join(f"{k.lower()} ({n})" for k, n in sorted(blocked.items(), key=lambda kv: -kv[1]))
-    if not done:
-        raise UnsupportedModel(
-            f"Torch-Pruning cannot prune this graph: {why}. No layer's channels are free of "
-            f"operators that fix a shape (blocking: {blockers or 'none found'}); structured "
-            "pruning needs channels that flow through convolutions, linear layers, norms and "
-            "element-wise ops. prune.unstructured or the quantize techniques work on this model")
-    try:
-        _check_runs(module, inputs)
-    except Exception as exc:  # noqa: BLE001
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise UnsupportedModel(
-            f"Torch-Pruning cannot prune this graph: {why}; pruning only the plain groups "
-            f"also fails ({reason}). prune.unstructured or the quantize techniques work on "
-            "this model") from None
-    return (f"{done} groups of channels pruned; the others reach operators that fix a shape "
-            f"({blockers}), so their widths are kept")
+    return done, blocked
 
 
 def _kind(node: Any) -> str:

@@ -73,6 +73,9 @@ def register() -> None:
             except NotImplementedError:
                 continue
             _add(op, version, previous)
+    # Slice-1 (starts/ends/axes attributes, opset <= 9): onnx2torch files its converter under
+    # version 9, where no model looks, and that one fails on list attributes.
+    _add("Slice", 1, _slice_1)
     _add("Split", 18, _split)
     for op in _REDUCE_18:  # axes moved from an attribute to an input
         _add(op, 18, _reduce)
@@ -202,6 +205,26 @@ def _layer_norm(original: Any) -> Any:
         return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
 
     return convert
+
+
+class OnnxSliceAttributes(torch.nn.Module, OnnxToTorchModule):
+    """Slice-1: fixed starts/ends per axis, step 1 (Python slicing clamps as ONNX does)."""
+
+    def __init__(self, starts: list[int], ends: list[int], axes: list[int]) -> None:
+        super().__init__()
+        self.starts, self.ends, self.axes = starts, ends, axes
+
+    def forward(self, x: Any) -> Any:
+        for start, end, axis in zip(self.starts, self.ends, self.axes):
+            axis = axis + x.dim() if axis < 0 else axis
+            x = x[(slice(None),) * axis + (slice(start, end),)]
+        return x
+
+
+def _slice_1(node: Any, graph: Any) -> Any:  # noqa: ARG001
+    starts, ends = list(node.attributes["starts"]), list(node.attributes["ends"])
+    axes = list(node.attributes.get("axes", range(len(starts))))
+    return _result(node, OnnxSliceAttributes(starts, ends, axes))
 
 
 def _reduce(node: Any, graph: Any) -> Any:

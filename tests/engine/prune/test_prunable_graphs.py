@@ -239,3 +239,42 @@ def test_a_channel_shuffle_exported_by_dynamo_is_pruned(tmp_path, make_ctx):
     assert result.report["verification"]["output_shapes_match_parent"]
     assert result.report["result"]["parameter_count"] < 0.6 * result.report["parent"]["parameter_count"]
     assert _runs(result.output_path, np.zeros((3, 3, 16, 16), np.float32)).shape == (3, 5)
+
+
+class TinyViT(torch.nn.Module):
+    """Patch embedding, a class token expanded to the batch, one attention block whose heads
+    are split by view(b, n, heads, -1), an MLP, and the class token's features sliced out."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.patch = torch.nn.Conv2d(3, d, 4, 4)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, d))
+        self.norm1, self.norm2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.fc1, self.fc2 = torch.nn.Linear(d, 2 * d), torch.nn.Linear(2 * d, d)
+        self.head = torch.nn.Linear(d, 5)
+
+    def forward(self, x):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], 1)
+        b, n, d = h.shape
+        q, k, v = (t.view(b, n, self.heads, -1).transpose(1, 2) for t in self.qkv(self.norm1(h)).chunk(3, -1))
+        a = torch.softmax(q @ k.transpose(-1, -2) / 4.0, -1) @ v
+        h = h + self.proj(a.transpose(1, 2).reshape(b, n, d))
+        h = h + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(h))))
+        return self.head(h[:, :1].flatten(1))
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_a_torchscript_vit_prunes_its_mlp_and_keeps_a_dynamic_batch(tmp_path, make_ctx, opset):
+    """Its reshapes' targets are computed from Shape: they become constants (else the re-export
+    bakes the traced batch in); the heads and the residual width stay, the MLP shrinks."""
+    torch.manual_seed(0)
+    path = _export(TinyViT(), tmp_path / "vit.onnx", opset=opset)
+    result = _prune(path, make_ctx)
+    pruning = result.report["pruning"]
+    fc1 = next(s for s in pruning["layer_shapes"].values() if s["before"] == [32, 16])
+    assert fc1["after"] == [16, 16]
+    assert "reshape" in pruning["partial"]
+    assert _runs(result.output_path, np.zeros((3, 3, 16, 16), np.float32)).shape == (3, 5)
