@@ -15,8 +15,14 @@ constants where a flatten or a padding was meant:
   with uneven pads onnx2torch refuses) is the global pool it means.
 - Identity nodes that rename a weight (TorchScript's deduplicated initializers) are folded, so
   onnx2torch finds the weight among the initializers.
+- Reshape targets computed from ``Shape`` (TorchScript's ``x.view(x.size(0), -1)``, attention's
+  head split) become constants measured at two batch sizes (the batch as 0 or -1): onnx2torch's
+  shape operators re-export with the sizes they were traced at, batch included.
+- a channel shuffle's reshapes, (N, C, H, W) -> (N, g, C/g, H, W) and back, take C/g and C
+  from the input's shape at run time instead, so they follow the channels pruning leaves.
 
-The rewrite runs in a bounded child (shape inference is native code on an uploaded graph).
+The rewrite runs in a bounded child (shape inference and the two measuring runs are native code
+on an uploaded graph).
 """
 
 from __future__ import annotations
@@ -307,7 +313,7 @@ def _constant_reshape_targets(model: Any, source: str) -> list[str]:
     reshapes = [n for n in graph.node if n.op_type == "Reshape" and n.input[1] not in constants]
     if not reshapes:
         return []
-    probe = onnx_copy(model)
+    probe = _copy(model)
     types = {v.name: v.type.tensor_type.elem_type for v in
              (*shape_inference.infer_shapes(model).graph.value_info, *graph.input)}
     known = {o.name for o in probe.graph.output}
@@ -349,7 +355,7 @@ def _constant_reshape_targets(model: Any, source: str) -> list[str]:
     return changes
 
 
-def onnx_copy(model: Any) -> Any:
+def _copy(model: Any) -> Any:
     import onnx
 
     return onnx.ModelProto.FromString(model.SerializeToString())

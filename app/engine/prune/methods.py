@@ -4,6 +4,11 @@ channels, so the tensors physically shrink and the graph stays consistent.
 
 Layers whose outputs are the model's outputs are never pruned (that would change the output
 shape); the user can protect more with ``keep``.
+
+When the whole graph cannot be pruned (channels that reach attention-head reshapes, a class
+token, a concat of fixed sizes), only the groups of channels that flow through layers, norms
+and element-wise ops are (a transformer's MLP width, a conv -> norm -> activation -> conv
+chain), and the report's ``partial`` says which operators held the others.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ def structured_prune(module: Any, sample: Sequence[Any], *, ratio: float, import
                      keep: Sequence[str] = (), round_to: int | None = None,
                      labels: Any = None) -> dict[str, Any]:
     """Prune ``module`` in place; returns what was kept and why. ``sample`` is a batch of real
-    (or generated) inputs: it traces the graph and, for ``taylor``, provides the gradients."""
+    (or generated) inputs: it traces the graph and, for ``taylor``, provides the gradients.
+    A graph Torch-Pruning cannot prune whole is restored and pruned group by group."""
     import copy
 
     import torch_pruning as tp
