@@ -294,7 +294,8 @@ def _channel_groups_reshape(node: Any, shapes: dict, constants: dict, graph: Any
 def _constant_reshape_targets(model: Any, source: str) -> list[str]:
     """Reshape targets computed from ``Shape`` (TorchScript writes ``x.view(x.size(0), -1)``
     and attention's head split so) become constants, measured by running the model at batch 2
-    and 3: a dimension that follows the batch is 0 (copy) or -1. onnx2torch's shape operators
+    and 3: a dimension that follows the batch is 0 (copy) or -1, and one copying the input's
+    channels (dimension 1) stays a copy, so it follows pruning. onnx2torch's shape operators
     export with the sizes they were traced at, so a computed target would come back with the
     batch baked in. Only for inputs whose dimensions other than the first are fixed (images)."""
     import numpy as np
@@ -340,10 +341,11 @@ def _constant_reshape_targets(model: Any, source: str) -> list[str]:
         zero_copies = not _attr(n, "allowzero", 0)
         target = []
         for i, (a, b) in enumerate(zip(two, three)):
-            if a == b:
-                target.append(a)
-            elif zero_copies and i < len(dims[0]) and (a, b) == (dims[0][i], dims[1][i]):
+            copy = zero_copies and i < min(len(d) for d in dims) and (a, b) == (dims[0][i], dims[1][i])
+            if copy and (a != b or i == 1):  # the batch, or the channels: kept following
                 target.append(0)
+            elif a == b:
+                target.append(a)
             else:
                 target.append(-1)
         if target.count(-1) > 1 or len(two) != len(three):
