@@ -642,6 +642,7 @@ class StructuredPruning(Part):
     method: Literal["torch", "onnx_ffn"] | None = None
     protected_layers: list[str] = []
     pruned_layers: list[str] = []
+    partial: str | None = None  # why only some groups of channels were pruned
     layer_shapes: dict[str, LayerShapes] = {}
     ffn: FFNPruning | None = Field(default=None, description="The transformer (onnx) route.")
 

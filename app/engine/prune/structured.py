@@ -105,7 +105,10 @@ class PruneStructured(Technique):
         ctx.progress(0.0, "loading")
         torch.manual_seed(p.seed)
         notes: list[str] = []
-        module = onnx_to_torch(ctx.model_path, ctx.workdir, ctx.native_step_timeout_s)
+        from app.engine.prune.canonical import prunable_copy
+
+        prunable = prunable_copy(ctx.model_path, ctx.workdir, ctx.native_step_timeout_s)
+        module = onnx_to_torch(prunable, ctx.workdir, ctx.native_step_timeout_s)
         data = train_data = val_data = None
         if ctx.dataset_path is not None:
             data = td.load_arrays(ctx.dataset_path, ctx.model_path, why=self.name,

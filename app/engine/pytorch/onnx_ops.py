@@ -1,4 +1,4 @@
-"""Converters onnx2torch lacks for transformer exports, added through its own registry.
+"""Converters onnx2torch lacks (or gets wrong) for real exports, added through its own registry.
 
 onnx2torch looks a converter up by the operator's ``since_version`` at the model's opset, so a
 model exported at a newer opset than onnx2torch knows (torch's ``dynamo=True`` exporter writes
@@ -6,7 +6,10 @@ opset 18-20) fails on ``Shape``/``Reshape``/``Cast`` although their meaning did 
 ``SAME_MEANING`` lists the newer versions whose changes are only wider type lists (float8, int4,
 bfloat16, strings): they reuse onnx2torch's converter of the previous version, which still
 refuses the new types it cannot represent. Ops onnx2torch has no converter for at all (``Gelu``,
-``Trilu``) get one here. Everything is registered once, on first use (``register``).
+``Trilu``) get one here, and a few of its converters are replaced: weights outside Conv/Gemm
+become trainable (MatMul by a constant is an ``nn.Linear``), and converters that trusted shapes
+shape inference left unknown no longer do. Everything is registered once, on first use
+(``register``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import torch
 from onnx2torch.node_converters import registry
+from onnx2torch.node_converters.global_average_pool import OnnxGlobalAveragePool
 from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
 from onnx2torch.node_converters.reshape import OnnxReshape
 from onnx2torch.node_converters.split import OnnxSplit13
@@ -32,6 +36,11 @@ SAME_MEANING: dict[str, tuple[int, ...]] = {
     "Cast": _NEWER,  # 19 also added `saturate`, which only applies to float8 targets
     "Unsqueeze": _NEWER[1:], "Transpose": _NEWER[1:], "Flatten": _NEWER[1:],
     "Squeeze": _NEWER[2:],
+    # opset 22 added bfloat16 to the convolution, pooling and activation ops CNNs use
+    **{op: (22,) for op in ("Conv", "ConvTranspose", "AveragePool", "MaxPool", "GlobalAveragePool",
+                            "GlobalMaxPool", "Dropout", "InstanceNormalization", "HardSigmoid",
+                            "HardSwish", "Elu", "Selu", "Softplus", "Softsign", "Mish", "LpPool",
+                            "Round", "Sin", "Cos")},
 }
 _REDUCE_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
               "ReduceMin", "ReduceProd", "ReduceSumSquare")
@@ -48,6 +57,11 @@ def register() -> None:
         _replace("Reshape", version, _reshape)
     for version in _NEWER:
         _add("Reshape", version, registry.get_converter("Reshape", 14))
+    # onnx2torch reads shapes from value_info, where an unknown dimension reads 0 and an unknown
+    # rank reads []: GlobalAveragePool then averages over every axis, LayerNorm normalizes over
+    # [0]. Both are built here from what is certain (the input at run time, the scale's shape).
+    _replace("GlobalAveragePool", 1, lambda _original: _global_average_pool)
+    _replace("LayerNormalization", 17, _layer_norm)
     # Flatten: onnx2torch's fails when the input has exactly `axis` dimensions (BERT's
     # TorchScript export flattens its 2-D mask with axis=2).
     for version in (9, 11, 13):
@@ -59,6 +73,9 @@ def register() -> None:
             except NotImplementedError:
                 continue
             _add(op, version, previous)
+    # Slice-1 (starts/ends/axes attributes, opset <= 9): onnx2torch files its converter under
+    # version 9, where no model looks, and that one fails on list attributes.
+    _add("Slice", 1, _slice_1)
     _add("Split", 18, _split)
     for op in _REDUCE_18:  # axes moved from an attribute to an input
         _add(op, 18, _reduce)
@@ -66,6 +83,7 @@ def register() -> None:
     _add("ReduceMin", 20, _reduce)
     _add("Gelu", 20, _gelu)
     _add("Trilu", 14, _trilu)
+    _register_weights()
     _registered = True
 
 
@@ -167,6 +185,48 @@ def _flatten(node: Any, graph: Any) -> Any:  # noqa: ARG001
     return _result(node, OnnxFlatten(node.attributes.get("axis", 1)))
 
 
+def _global_average_pool(node: Any, graph: Any) -> Any:  # noqa: ARG001
+    return _result(node, OnnxGlobalAveragePool())
+
+
+def _layer_norm(original: Any) -> Any:
+    def convert(node: Any, graph: Any) -> Any:
+        scale = node.input_values[1]
+        bias = node.input_values[2] if len(node.input_values) > 2 and node.input_values[2] else None
+        if scale not in graph.initializers or (bias is not None and bias not in graph.initializers):
+            return original(node, graph)
+        weight = graph.initializers[scale].to_torch()
+        module = torch.nn.LayerNorm(tuple(weight.shape), eps=node.attributes.get("epsilon", 1e-5))
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            if bias is not None:
+                module.bias.copy_(graph.initializers[bias].to_torch())
+        mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
+        return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+    return convert
+
+
+class OnnxSliceAttributes(torch.nn.Module, OnnxToTorchModule):
+    """Slice-1: fixed starts/ends per axis, step 1 (Python slicing clamps as ONNX does)."""
+
+    def __init__(self, starts: list[int], ends: list[int], axes: list[int]) -> None:
+        super().__init__()
+        self.starts, self.ends, self.axes = starts, ends, axes
+
+    def forward(self, x: Any) -> Any:
+        for start, end, axis in zip(self.starts, self.ends, self.axes):
+            axis = axis + x.dim() if axis < 0 else axis
+            x = x[(slice(None),) * axis + (slice(start, end),)]
+        return x
+
+
+def _slice_1(node: Any, graph: Any) -> Any:  # noqa: ARG001
+    starts, ends = list(node.attributes["starts"]), list(node.attributes["ends"])
+    axes = list(node.attributes.get("axes", range(len(starts))))
+    return _result(node, OnnxSliceAttributes(starts, ends, axes))
+
+
 def _reduce(node: Any, graph: Any) -> Any:
     """Reduce-18: the axes input must be a constant (a computed one is refused, as before)."""
     axes = None
@@ -181,3 +241,76 @@ def _reduce(node: Any, graph: Any) -> Any:
         module = OnnxReduceStaticAxes(node.operation_type, axes, node.attributes.get("keepdims", 1))
     mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
     return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+
+# ---------------------------------------------------------------- weights outside Conv/Gemm
+# onnx2torch keeps every initializer as a buffer and converts MatMul to torch.matmul: a linear
+# layer applied to a 3-D/4-D tensor (ConvNeXt's point-wise MLP, transformer FFNs: MatMul + Add),
+# a layer scale or a decomposed LayerNorm's weight (Mul/Add by a constant) then neither trains
+# nor shrinks with the channels Torch-Pruning removes. A MatMul by a constant matrix becomes an
+# nn.Linear, and a constant tensor operand of Add/Sub/Mul/Div an nn.Parameter (pruning treats
+# it as an unwrapped parameter along its channel dimension).
+
+
+def _register_weights() -> None:
+    for version in (1, 9, 13):
+        _replace("MatMul", version, _matmul)
+    for op in _ARITHMETIC:
+        for version in (7, 13, 14):
+            _replace(op, version, _arithmetic)
+
+
+_ARITHMETIC = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}
+
+
+def _weight(name: str, graph: Any) -> Any:
+    """The float initializer called ``name`` as a tensor, or None."""
+    if name not in graph.initializers:
+        return None
+    tensor = graph.initializers[name].to_torch()
+    return tensor if tensor.is_floating_point() else None
+
+
+def _matmul(original: Any) -> Any:
+    def convert(node: Any, graph: Any) -> Any:
+        x, w = node.input_values
+        weight = _weight(w, graph)
+        if weight is None or weight.dim() != 2 or x in graph.initializers:
+            return original(node, graph)
+        linear = torch.nn.Linear(weight.shape[0], weight.shape[1], bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(weight.t())
+        mapping = OnnxMapping(inputs=(x,), outputs=node.output_values)
+        return OperationConverterResult(torch_module=linear, onnx_mapping=mapping)
+
+    return convert
+
+
+class OnnxConstantOperand(torch.nn.Module, OnnxToTorchModule):
+    """``x op weight`` (or ``weight op x``) with the constant as a trainable parameter."""
+
+    def __init__(self, op: str, weight: Any, weight_first: bool) -> None:
+        super().__init__()
+        self.op, self.weight_first = op, weight_first
+        self.weight = torch.nn.Parameter(weight)
+
+    def forward(self, x: Any) -> Any:
+        a, b = (self.weight, x) if self.weight_first else (x, self.weight)
+        return _ARITHMETIC[self.op](a, b)
+
+
+def _arithmetic(original: Any) -> Any:
+    def convert(node: Any, graph: Any) -> Any:
+        first, second = node.input_values
+        weights = [_weight(first, graph), _weight(second, graph)]
+        if (weights[0] is None) == (weights[1] is None):  # none constant, or both
+            return original(node, graph)
+        position = 0 if weights[0] is not None else 1
+        weight = weights[position]
+        if weight.numel() < 2:  # a scalar (an epsilon, a scale): stays a constant
+            return original(node, graph)
+        module = OnnxConstantOperand(node.operation_type, weight, position == 0)
+        mapping = OnnxMapping(inputs=(node.input_values[1 - position],), outputs=node.output_values)
+        return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+    return convert

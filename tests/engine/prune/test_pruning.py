@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.engine.errors import DatasetMismatch, UnsupportedModel
+from app.engine.errors import DatasetMismatch
 from app.engine.prune.structured import PruneStructured, PruneStructuredParams
 from app.engine.prune.unstructured import PruneUnstructured, PruneUnstructuredParams
 from tests.engine.torch_models import export, image_dataset, residual_cnn
@@ -77,23 +77,6 @@ def test_structured_with_recovery_training(resnet, make_ctx, source):
 def test_fine_tune_without_a_dataset_is_refused(resnet, make_ctx):
     with pytest.raises(DatasetMismatch, match="fine_tune needs the job's dataset"):
         PruneStructured().run(make_ctx(resnet[0], PruneStructuredParams(fine_tune={"epochs": 1})))
-
-
-def test_a_graph_torch_pruning_cannot_handle_fails_clearly(tmp_path, make_ctx):
-    class FixedReshape(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv, self.fc = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(144, 3)
-
-        def forward(self, x):
-            return self.fc(torch.relu(self.conv(x)).reshape(2, 144))  # batch baked in
-
-    path = tmp_path / "fixed.onnx"
-    with torch.no_grad():
-        torch.onnx.export(FixedReshape().eval(), (torch.randn(2, 1, 8, 8),), str(path),
-                          input_names=["x"], output_names=["y"], dynamo=False)
-    with pytest.raises(UnsupportedModel, match="Torch-Pruning cannot prune this graph"):
-        PruneStructured().run(make_ctx(path, PruneStructuredParams(ratio=0.5, batch_sizes=[2])))
 
 
 def test_unknown_keep_layer_lists_the_layers(resnet, make_ctx):
