@@ -17,7 +17,7 @@ from tests.support.matrix import run_cell
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ENTRIES = ["legacy-ir3-init-inputs", "resnet-ts9", "resnet-dynamo18", "minilm-ts17"]
-TECHNIQUES = ["benchmark", "quantize.dynamic", "quantize.static"]
+TECHNIQUES = ["benchmark", "quantize.dynamic", "quantize.static", "prune.structured"]
 # (entry, technique) -> why it fails today (issue 13's work list)
 # (entry, technique) -> reason, for cells expected to fail today (strict xfail). The legacy
 # IR 3 cells left this list when old-ONNX normalisation landed (app/engine/runtime/normalize.py).
@@ -35,6 +35,8 @@ def entries() -> dict[str, corpus.Entry]:
 @pytest.mark.parametrize("technique", TECHNIQUES)
 @pytest.mark.parametrize("name", ENTRIES)
 def test_cell(entries, name, technique, request):
+    """(prune.structured on minilm-ts17 is the ONNX FFN route; on the CNNs, the torch route
+    with the graph rewrites of app/engine/prune/canonical.py.)"""
     if (name, technique) in KNOWN:
         request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN[name, technique]))
     result = run_cell(entries[name], technique, timeout_s=120)

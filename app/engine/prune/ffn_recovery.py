@@ -50,9 +50,10 @@ def recover(ctx: Context, model: Any, output: Path, targets: list[str], data: di
                      temperature=fine_tune.temperature,
                      alpha=fine_tune.alpha if use_labels else 1.0, device=device,
                      span=(0.1, 0.55), objective="kd" if classes else "mse")
-    for name, param in params.items():
+    for name, (param, transposed) in params.items():
         tensor = next(t for t in model.graph.initializer if t.name == name)
-        value = param.detach().cpu().numpy().astype(numpy_helper.to_array(tensor).dtype)
+        value = param.detach().cpu().numpy()
+        value = (value.T if transposed else value).astype(numpy_helper.to_array(tensor).dtype)
         tensor.CopyFrom(numpy_helper.from_array(value, name))
     onnx.save(model, str(output))
     training["trained_tensors"] = sorted(params)
@@ -61,10 +62,13 @@ def recover(ctx: Context, model: Any, output: Path, targets: list[str], data: di
     return training
 
 
-def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, Any]:
-    """Make the onnx2torch buffers holding ``targets`` trainable parameters (everything else
-    frozen); returns initializer name -> parameter. onnx2torch names a buffer by order, not by
-    initializer, so each is found through the node that reads it and checked by value."""
+def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, tuple[Any, bool]]:
+    """Make the torch tensors holding ``targets`` trainable parameters (everything else
+    frozen); returns initializer name -> (parameter, stored transposed). A target is an
+    onnx2torch buffer (named by order, not by initializer: found through the node that reads
+    it), or the weight of the module our converters made of the node reading it: the
+    ``nn.Linear`` of a MatMul by a constant (its weight is the matrix transposed), or an
+    ``OnnxConstantOperand``. Each is checked by value against the ONNX tensor."""
     import numpy as np
     import torch
     from onnx import numpy_helper
@@ -73,6 +77,8 @@ def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, Any]:
 
     import_onnx2torch()
     from onnx2torch.onnx_graph import OnnxGraph
+
+    from app.engine.pytorch.onnx_ops import OnnxConstantOperand
 
     wanted = set(targets)
     reads: dict[tuple[str, int], str] = {}
@@ -83,9 +89,29 @@ def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, Any]:
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
     for p in module.parameters():
         p.requires_grad_(False)
-    container = module.initializers
-    found: dict[str, Any] = {}
-    for node in module.graph.nodes:
+    found: dict[str, tuple[Any, bool]] = {}
+    for (unique, index), name in reads.items():
+        try:
+            sub = module.get_submodule(unique)
+        except AttributeError:
+            continue
+        if isinstance(sub, torch.nn.Linear) and index == 1:
+            param, transposed = sub.weight, True
+        elif isinstance(sub, OnnxConstantOperand):
+            param, transposed = sub.weight, False
+        else:
+            continue
+        value = param.detach().numpy()
+        if transposed:
+            value = value.T
+        if value.shape != values[name].shape or not np.allclose(value, values[name]):
+            raise UnsupportedModel(f"the torch copy of {name!r} does not match the ONNX tensor")
+        if name in found and found[name][0] is not param:
+            raise UnsupportedModel(f"{name!r} is read by several torch modules")
+        param.requires_grad_(True)
+        found[name] = (param, transposed)
+    container = getattr(module, "initializers", None)  # absent when every constant became a module's
+    for node in module.graph.nodes if container is not None else []:
         if node.op != "get_attr" or not str(node.target).startswith("initializers."):
             continue
         for user in node.users:
@@ -99,13 +125,14 @@ def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, Any]:
             if tuple(tensor.shape) != values[name].shape or not np.allclose(
                     tensor.detach().numpy(), values[name]):
                 raise UnsupportedModel(f"the torch copy of {name!r} does not match the ONNX tensor")
-            if name in found and found[name] is not tensor:
+            if name in found and found[name][0] is not tensor:
                 raise UnsupportedModel(f"{name!r} is read by several torch buffers")
             if not isinstance(tensor, torch.nn.Parameter):
                 delattr(container, attr)
                 tensor = torch.nn.Parameter(tensor.detach().clone())
                 container.register_parameter(attr, tensor)
-            found[name] = tensor
+            tensor.requires_grad_(True)
+            found[name] = (tensor, False)
     missing = sorted(wanted - set(found))
     if missing:
         raise UnsupportedModel(f"the pruned tensors {missing[:5]} have no trainable torch "

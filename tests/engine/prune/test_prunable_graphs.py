@@ -33,8 +33,10 @@ def _export(model, path, shape=(2, 3, 16, 16), dynamo=False, opset=None):
     return path
 
 
-def _prune(path, make_ctx, ratio=0.5):
-    return PruneStructured().run(make_ctx(path, PruneStructuredParams(ratio=ratio, **MEASURE)))
+def _prune(path, make_ctx, ratio=0.5, method="torch"):
+    """The torch route (onnx2torch + Torch-Pruning) these graphs exercise; "auto" would send
+    the transformer-shaped ones to the ONNX FFN route (tests/engine/prune/test_ffn.py)."""
+    return PruneStructured().run(make_ctx(path, PruneStructuredParams(ratio=ratio, method=method, **MEASURE)))
 
 
 def _runs(path, x):
