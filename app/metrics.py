@@ -76,8 +76,8 @@ def _seconds(dialect: str, start: Any, end: Any) -> Any:
 class JobCollector:
     """Job metrics from the database, collected at scrape time."""
 
-    def __init__(self, maker: sessionmaker, settings: Any) -> None:
-        self.maker, self.settings = maker, settings
+    def __init__(self, maker: sessionmaker) -> None:
+        self.maker = maker
 
     def collect(self) -> Iterable[Any]:
         with transaction(self.maker) as s:
@@ -115,7 +115,7 @@ class JobCollector:
         yield hist
 
 
-def render(maker: sessionmaker, settings: Any) -> tuple[bytes, str]:
+def render(maker: sessionmaker) -> tuple[bytes, str]:
     """The scrape: this process's (or every API process's) HTTP metrics and the job metrics."""
     registry = CollectorRegistry()
     if os.environ.get(MULTIPROC_ENV):
@@ -124,7 +124,7 @@ def render(maker: sessionmaker, settings: Any) -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_Local())
-    registry.register(JobCollector(maker, settings))
+    registry.register(JobCollector(maker))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
@@ -151,5 +151,5 @@ def install(app: Any) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        body, media_type = await run_in_threadpool(render, request.app.state.sessionmaker, request.app.state.settings)
+        body, media_type = await run_in_threadpool(render, request.app.state.sessionmaker)
         return Response(body, media_type=media_type)

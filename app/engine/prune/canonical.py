@@ -332,7 +332,7 @@ def _constant_reshape_targets(model: Any, source: str) -> list[str]:
         runs = [dict(zip(names, session.run(None, generate_feed(specs, b, dims={}, default_dim=8,
                                                                  int_high=10, seed=0))))
                 for b in (2, 3)]
-    except Exception as exc:  # noqa: BLE001 - leave the graph as it is: onnx2torch may still manage
+    except Exception:  # noqa: BLE001 - leave the graph as it is: onnx2torch may still manage
         return []
     changes = []
     for n in reshapes:

@@ -90,6 +90,18 @@ def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, tuple[An
     for p in module.parameters():
         p.requires_grad_(False)
     found: dict[str, tuple[Any, bool]] = {}
+
+    def take(name: str, param: Any, transposed: bool, what: str) -> None:
+        value = param.detach().numpy()
+        if transposed:
+            value = value.T
+        if value.shape != values[name].shape or not np.allclose(value, values[name]):
+            raise UnsupportedModel(f"the torch copy of {name!r} does not match the ONNX tensor")
+        if name in found and found[name][0] is not param:
+            raise UnsupportedModel(f"{name!r} is read by several torch {what}")
+        param.requires_grad_(True)
+        found[name] = (param, transposed)
+
     for (unique, index), name in reads.items():
         try:
             sub = module.get_submodule(unique)
@@ -101,15 +113,7 @@ def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, tuple[An
             param, transposed = sub.weight, False
         else:
             continue
-        value = param.detach().numpy()
-        if transposed:
-            value = value.T
-        if value.shape != values[name].shape or not np.allclose(value, values[name]):
-            raise UnsupportedModel(f"the torch copy of {name!r} does not match the ONNX tensor")
-        if name in found and found[name][0] is not param:
-            raise UnsupportedModel(f"{name!r} is read by several torch modules")
-        param.requires_grad_(True)
-        found[name] = (param, transposed)
+        take(name, param, transposed, "modules")
     container = getattr(module, "initializers", None)  # absent when every constant became a module's
     for node in module.graph.nodes if container is not None else []:
         if node.op != "get_attr" or not str(node.target).startswith("initializers."):
@@ -122,17 +126,11 @@ def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, tuple[An
                 continue
             attr = str(node.target).split(".", 1)[1]
             tensor = getattr(container, attr)
-            if tuple(tensor.shape) != values[name].shape or not np.allclose(
-                    tensor.detach().numpy(), values[name]):
-                raise UnsupportedModel(f"the torch copy of {name!r} does not match the ONNX tensor")
-            if name in found and found[name][0] is not tensor:
-                raise UnsupportedModel(f"{name!r} is read by several torch buffers")
             if not isinstance(tensor, torch.nn.Parameter):
                 delattr(container, attr)
                 tensor = torch.nn.Parameter(tensor.detach().clone())
                 container.register_parameter(attr, tensor)
-            tensor.requires_grad_(True)
-            found[name] = (tensor, False)
+            take(name, tensor, False, "buffers")
     missing = sorted(wanted - set(found))
     if missing:
         raise UnsupportedModel(f"the pruned tensors {missing[:5]} have no trainable torch "

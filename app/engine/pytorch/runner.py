@@ -26,8 +26,6 @@ def train(ctx: Context, module: Any, train_data: dict, val_data: dict | None,
           params: TrainingParams, *, temperature: float, alpha: float, device: str,
           span: tuple[float, float], objective: str = "kd") -> dict[str, Any]:
     """Train ``module`` in place; returns the report's ``training`` section."""
-    from dataclasses import replace
-
     from app.engine.pytorch.train import TrainConfig, choose_recipe, fit
 
     samples = len(train_data["inputs"][0])

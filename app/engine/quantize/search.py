@@ -236,7 +236,7 @@ def without_shape_hints(finalist: dict, scratch: Path) -> dict | None:
     del model.graph.value_info[:]
     path = scratch / f"{finalist['path'].stem}-bare.onnx"
     onnx.save(model, str(path))
-    return {**finalist, "name": f"{finalist['name']}-bare", "path": path, "speed": finalist["speed"],
+    return {**finalist, "name": f"{finalist['name']}-bare", "path": path,
             "graph_form": "without value_info (onnxruntime infers shapes at load)"}
 
 
@@ -271,49 +271,27 @@ def choose(finalists: list[dict], grid: dict) -> tuple[dict, str]:
 
 def time_finalists(models: dict[str, Path], params: Any, feeds: FeedSource, ctx: Context,
                    span: tuple[float, float]) -> dict[str, Any]:
-    """The ONE place quantize.auto times models: at each (threads, batch) point, the parent and
-    every finalist in interleaved rounds (``measure.speedup.time_paired``), each finalist's
-    speedup the median of its per-round ratios to the parent, with interval and verdict. Same
-    shape as measure_grid's result, plus ``timing``."""
-    from app.engine.errors import UnsupportedModel
-    from app.engine.measure.speedup import time_paired
-    from app.engine.runtime.inputs import batch_conflict, input_specs
-    from app.engine.runtime.sessions import create_session, used_provider
+    """The ONE place quantize.auto times models: ``measure_grid`` with the parent first, so at
+    each (threads, batch) point the parent and every finalist run in interleaved rounds
+    (``measure.speedup.time_paired``) and each finalist's speedup is the median of its
+    per-round ratios to the parent, with interval and verdict. Each finalist's point also gets
+    ``speedup``, ``round_speedups`` and ``rounds`` at top level; the grid gets ``timing``."""
+    from app.engine.measure.latency import measure_grid
 
-    points, skipped, specs, provider = [], {}, None, ""
-    for t, threads in enumerate(params.threads):
-        sessions = {k: create_session(p, threads, ctx.device)[0] for k, p in models.items()}
-        provider, specs = used_provider(sessions["parent"]), input_specs(sessions["parent"])
-        skipped.update({b: why for b in params.batch_sizes if (why := batch_conflict(specs, b))})
-        fits = [b for b in params.batch_sizes if b not in skipped]
-        for i, batch in enumerate(fits):
-            fraction = span[0] + (span[1] - span[0]) * (t + i / len(fits)) / len(params.threads)
-            stage = f"timing bs={batch} threads={threads}"
-            ctx.progress(fraction, stage)
-            feed = feeds(specs, batch)
-            timed = time_paired(sessions, feed, batch_size=batch, params=params, reference="parent",
-                                threads=threads, what=feeds.what, tick=lambda: ctx.progress(fraction, stage))
-            point: dict[str, Any] = {"batch_size": batch, "threads": threads, "provider": provider,
-                                     "host_load": timed["host_load"],
-                                     "input_shapes": {k: [int(d) for d in v.shape] for k, v in feed.items()}}
-            for label, stats in timed["timings"].items():
-                point[label] = {**stats, "batch_size": batch}
-                if vs := stats.get("vs_reference"):
-                    point[label].update(speedup=vs["speedup"], round_speedups=vs["round_speedups"],
-                                        rounds=vs["rounds"])
-            points.append(point)
-        del sessions
-    if not points:
-        raise UnsupportedModel(
-            f"no requested batch size can be fed to this model: {next(iter(skipped.values()))}")
-    timing = {"method": "parent and finalists in interleaved rounds per point (measure.speedup.time_paired); "
-              "speedup = median over rounds of parent time / candidate time (CPU time on a busy host)",
-              "points": [{"batch_size": p["batch_size"], "threads": p["threads"],
-                          **{k: p[k]["round_speedups"] for k in models if k != "parent"}}
-                         for p in points]}
-    return {"points": points, "skipped": [{"batch_size": b, "reason": r}
-                                          for b, r in skipped.items()],
-            "specs": specs, "provider": provider, "timing": timing}
+    grid = measure_grid(models, params, feeds, device=ctx.device, progress=ctx.progress, span=span,
+                        what=feeds.what)
+    for point in grid["points"]:
+        for label in models:
+            if vs := point[label].get("vs_reference"):
+                point[label].update(speedup=vs["speedup"], round_speedups=vs["round_speedups"],
+                                    rounds=vs["rounds"])
+    grid["timing"] = {
+        "method": "parent and finalists in interleaved rounds per point (measure.speedup.time_paired); "
+                  "speedup = median over rounds of parent time / candidate time (CPU time on a busy host)",
+        "points": [{"batch_size": p["batch_size"], "threads": p["threads"],
+                    **{k: p[k]["round_speedups"] for k in models if k != "parent"}}
+                   for p in grid["points"]]}
+    return grid
 
 
 def _geomean(values: list[float]) -> float:
