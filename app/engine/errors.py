@@ -118,7 +118,7 @@ class ExportRejected(ExportFailed):
 
     type = "export_rejected"
 
-    def __init__(self, detail: str, error_code: str | None = None) -> None:
+    def __init__(self, detail: str, *, error_code: str | None = None) -> None:
         super().__init__(detail)
         self.error_code = error_code
 

@@ -95,8 +95,8 @@ class Mlflow:
                       403: " The worker's MLflow credentials lack the permission.",
                       404: " Is tracking_uri the root of an MLflow tracking server (of version 2 or later)?"}
             raise ExportRejected(f"{what} refused the request: {response.status_code}"
-                              f"{' ' + code if code else ''}: {message}.{advice.get(response.status_code, '')}",
-                              code)
+                                 f"{' ' + code if code else ''}: {message}.{advice.get(response.status_code, '')}",
+                                 error_code=code)
         if not response.content:
             return {}
         try:
