@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -190,6 +192,41 @@ def test_a_4xx_answer_is_a_rejection_with_its_cause(api, mlflow, mlp_onnx):
                        "params": {"tracking_uri": f"{mlflow.url}/not-the-root"}})
     assert job["status"] == "failed" and job["error"]["type"] == "export_rejected", job
     assert "404" in job["error"]["detail"] and "root of an MLflow tracking server" in job["error"]["detail"]
+
+
+@pytest.fixture
+def echoing_server():
+    """A server that refuses every request with a 401 whose message echoes the Authorization
+    header it got, as a careless proxy might."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps({"error_code": "UNAUTHENTICATED",
+                               "message": f"bad credentials: {self.headers.get('Authorization')}"}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_the_token_is_sent_and_never_shown(api, lathe, mlp_onnx, echoing_server):
+    model = upload(api, mlp_onnx)
+    job = submit(api, {"model_id": model["id"], "technique": "export.mlflow",
+                       "params": {"tracking_uri": echoing_server}})
+    assert job["status"] == "failed" and job["error"]["type"] == "export_rejected", job
+    detail = job["error"]["detail"]
+    assert "401 UNAUTHENTICATED: bad credentials: Bearer <redacted>" in detail and "MLFLOW_TRACKING_TOKEN" in detail
+    assert job["id"] in lathe[1].read_text()  # the worker logged this job (at debug level)...
+    assert_no_token(json.dumps(job), lathe[1].read_text())  # ...and never the token
 
 
 @pytest.mark.parametrize("url", ["ftp://mlflow.example.com", "http://user:secret@mlflow.example.com",

@@ -25,11 +25,18 @@ def key(name: str) -> str:
 
 
 def flat_params(params: Any, prefix: str = "") -> dict[str, str]:
-    """Nested params as dotted keys; lists and scalars as JSON text, truncated to what MLflow
-    stores. ``{"measure": {"batch_sizes": [1, 8]}}`` -> ``{"measure.batch_sizes": "[1, 8]"}``."""
+    """Nested params as dotted keys (lists of objects by index); other lists and scalars as JSON
+    text, truncated to what MLflow stores. ``{"measure": {"batch_sizes": [1, 8]}}`` ->
+    ``{"measure.batch_sizes": "[1, 8]"}``."""
     if isinstance(params, Mapping) and (params or not prefix):
+        items = params.items()
+    elif isinstance(params, list) and params and all(isinstance(v, Mapping) for v in params):
+        items = enumerate(params)  # a pipeline's steps: steps.0.technique, steps.0.params.per_channel
+    else:
+        items = None
+    if items is not None:
         out: dict[str, str] = {}
-        for name, value in params.items():
+        for name, value in items:
             out.update(flat_params(value, f"{prefix}.{name}" if prefix else str(name)))
         return out
     text = params if isinstance(params, str) else json.dumps(params, sort_keys=True)

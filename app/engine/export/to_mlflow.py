@@ -83,10 +83,8 @@ class ExportMlflow(Technique):
     needs_source = True
 
     def run(self, ctx: Context) -> Result:
-        from app.engine.errors import UnsupportedModel
-        from app.engine.export import record
+        from app.engine.errors import ExportRejected, UnsupportedModel
         from app.engine.export.mlflow_rest import Mlflow, check_destination
-        from app.engine.reports import checked
         from app.engine.runtime.keras_archive import sniff as keras_kind
 
         params = self.params_of(ctx)
@@ -101,45 +99,56 @@ class ExportMlflow(Technique):
         files = self._files(ctx, source)
         client = Mlflow(params.tracking_uri, ctx.allow_private_urls)
         try:
-            experiment_id = client.experiment_id(params.experiment)
-            tags = {**params.tags, "lathe.model_sha256": digest, "mlflow.source.name": "lathe"}
-            if ctx.model_id:
-                tags["lathe.model_id"] = ctx.model_id
-            if source is not None:
-                tags["lathe.technique"] = source.technique
-                if source.job_id:
-                    tags["lathe.job_id"] = source.job_id
-            body: dict[str, Any] = {"experiment_id": experiment_id, "start_time": _now_ms(),
-                                    "tags": [{"key": k, "value": v} for k, v in tags.items()]}
-            if params.run_name:
-                body["run_name"] = params.run_name
-            info = client.call("POST", "/api/2.0/mlflow/runs/create", json=body)["run"]["info"]
-            run_id = info["run_id"]
-            try:
-                ctx.progress(0.2, "logging params and metrics")
-                flat = record.flat_params(dict(source.params)) if source is not None else {}
-                metrics = record.metrics(source.report if source is not None else None)
-                _log_batch(client, run_id, flat, metrics)
-                ctx.progress(0.4, "uploading artifacts")
-                for i, (relative, path) in enumerate(files):
-                    client.upload(info["artifact_uri"], relative, path)
-                    ctx.progress(0.4 + 0.4 * (i + 1) / len(files), "uploading artifacts")
-                version = None
-                if params.registered_model_name:
-                    ctx.progress(0.85, "registering the model version")
-                    version = client.model_version(params.registered_model_name, f"{info['artifact_uri']}/model",
-                                                   run_id, [{"key": "lathe.model_sha256", "value": digest}])
-                client.call("POST", "/api/2.0/mlflow/runs/update",
-                            json={"run_id": run_id, "status": "FINISHED", "end_time": _now_ms()})
-            except Exception:
-                try:  # the run stays, marked failed, rather than RUNNING for ever
-                    client.call("POST", "/api/2.0/mlflow/runs/update",
-                                json={"run_id": run_id, "status": "FAILED", "end_time": _now_ms()})
-                except Exception:  # noqa: BLE001 - the first error is the one to report
-                    pass
-                raise
+            return self._export(ctx, params, client, source, files, digest, size)
+        except (KeyError, TypeError, IndexError) as exc:  # an answer without the fields MLflow's API has
+            raise ExportRejected(f"MLflow at {params.tracking_uri} answered without the fields its REST API has "
+                                 f"({type(exc).__name__}: {str(exc)[:200]}); is tracking_uri an MLflow tracking "
+                                 "server of version 2 or later?") from None
         finally:
             client.close()
+
+    def _export(self, ctx: Context, params: ExportMlflowParams, client, source, files: list[tuple[str, Path]],
+                digest: str, size: int) -> Result:
+        from app.engine.export import record
+        from app.engine.reports import checked
+
+        experiment_id = client.experiment_id(params.experiment)
+        tags = {**params.tags, "lathe.model_sha256": digest, "mlflow.source.name": "lathe"}
+        if ctx.model_id:
+            tags["lathe.model_id"] = ctx.model_id
+        if source is not None:
+            tags["lathe.technique"] = source.technique
+            if source.job_id:
+                tags["lathe.job_id"] = source.job_id
+        body: dict[str, Any] = {"experiment_id": experiment_id, "start_time": _now_ms(),
+                                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        if params.run_name:
+            body["run_name"] = params.run_name
+        info = client.call("POST", "/api/2.0/mlflow/runs/create", json=body)["run"]["info"]
+        run_id = info["run_id"]
+        try:
+            ctx.progress(0.2, "logging params and metrics")
+            flat = record.flat_params(dict(source.params)) if source is not None else {}
+            metrics = record.metrics(source.report if source is not None else None)
+            _log_batch(client, run_id, flat, metrics)
+            ctx.progress(0.4, "uploading artifacts")
+            for i, (relative, path) in enumerate(files):
+                client.upload(info["artifact_uri"], relative, path)
+                ctx.progress(0.4 + 0.4 * (i + 1) / len(files), "uploading artifacts")
+            version = None
+            if params.registered_model_name:
+                ctx.progress(0.85, "registering the model version")
+                version = client.model_version(params.registered_model_name, f"{info['artifact_uri']}/model",
+                                               run_id, [{"key": "lathe.model_sha256", "value": digest}])
+            client.call("POST", "/api/2.0/mlflow/runs/update",
+                        json={"run_id": run_id, "status": "FINISHED", "end_time": _now_ms()})
+        except Exception:
+            try:  # the run stays, marked failed, rather than RUNNING for ever
+                client.call("POST", "/api/2.0/mlflow/runs/update",
+                            json={"run_id": run_id, "status": "FAILED", "end_time": _now_ms()})
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
         ctx.progress(1.0, "done")
         notes = [] if source is not None else [
             "the model was not produced by a Lathe job (an upload): no params, metrics or report were logged"]
