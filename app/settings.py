@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     webhook_retry_s: list[float] = Field([10, 60, 300, 1800, 7200, 28800], min_length=0, max_length=20, description="Waits between webhook delivery attempts (a JSON list): after the last one fails, the delivery is given up.")
     webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="A webhook receiver that has not answered after this long counts as failed (and is retried).")
     webhook_allow_private: bool = Field(False, description="Allow webhook URLs that resolve to loopback, private or link-local addresses (tests, internal deployments).")
+    export_allow_private: bool = Field(False, description="Allow exporters' destinations (export.mlflow's tracking_uri) that resolve to loopback, private or link-local addresses: an MLflow server on the internal network. Separate from webhook_allow_private.")
     webhook_poll_s: float = Field(1.0, gt=0, le=60, description="How often each worker's dispatcher looks for webhook deliveries that are due.")
     auth_cache_s: float = Field(30.0, description="How long an API process trusts a key it has checked (a revoked key lingers this long).")
     worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of worker processes: on a shared host the API stays responsive while jobs run.")

@@ -23,7 +23,7 @@ from app import blobs
 from app import logs
 from app.db import make_engine, make_sessionmaker, transaction
 from app.engine import pipeline
-from app.engine.base import Context, Result
+from app.engine.base import Context, Result, Source
 from app.engine.errors import InvalidParams, TechniqueError
 from app.jobs import transitions
 from app.jobs.errors import ArtifactMissing, InvalidStoredParams, JobErrorType, ModelDeleted
@@ -110,11 +110,38 @@ def _load(s, job_id: str) -> Loaded:
         others[other_id] = _artifact(store, other, "model")
     dataset = s.get(DatasetRecord, job.dataset_id) if job.dataset_id else None
     parent = s.get(ModelRecord, model.parent_id) if model.parent_id else None
+    settings = _resources()[0]
     ctx = Context(model_path=_artifact(store, model, "model"), params=steps[0].params, workdir=Path(),
                   device=job.device, dataset_path=_artifact(store, dataset, "dataset") if dataset else None,
                   models=others, parent_path=_artifact(store, parent, "parent model") if parent else None,
-                  model_id=model.id, native_step_timeout_s=_resources()[0].native_step_timeout_s)
+                  model_id=model.id, native_step_timeout_s=settings.native_step_timeout_s,
+                  source=_source(s, model) if steps[0].technique.needs_source else None,
+                  render_report=_render_step_report, allow_private_urls=settings.export_allow_private)
     return Loaded(steps, ctx, model.name)
+
+
+def _source(s, model: ModelRecord) -> Source | None:
+    """The job that produced ``model`` (its params as the API shows them, its report and
+    report.html page), for a technique that records it (export.mlflow); None for an upload."""
+    from app.jobs.page import report_page
+
+    job = s.get(JobRecord, model.job_id) if model.job_id else None
+    if job is None or job.tenant_id != model.tenant_id or not isinstance(job.report, dict):
+        return None
+    try:
+        html = report_page(s, job, job.report)
+    except Exception:  # noqa: BLE001 - the page is an attachment: the export goes on without it
+        log.exception("report page of job %s could not be rendered", job.id)
+        html = None
+    return Source(job.technique, pipeline.public(job.technique, job.params), job.report, job.id, html)
+
+
+def _render_step_report(source: Source) -> str:
+    """A pipeline step's report as a page (the engine cannot render it: app.reports is the API's)."""
+    from app.reports.render import render_report_html
+
+    return render_report_html(dict(source.report or {}), job={"technique": source.technique, "status": "succeeded"},
+                              lineage=None)
 
 
 def _finish(s, job_id: str, loaded: Loaded, results: list[Result]) -> None:

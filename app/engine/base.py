@@ -39,6 +39,20 @@ ProgressFn = Callable[[float, str], None]
 """progress(fraction in [0, 1], stage name). The worker may raise from it to cancel the job."""
 
 
+@dataclass(frozen=True)
+class Source:
+    """What produced the model a technique reads: the job that wrote it, or in a pipeline the
+    step before. Exporters record it (export.mlflow); other techniques ignore it."""
+
+    technique: str
+    params: Mapping[str, Any]
+    report: Mapping[str, Any] | None
+    job_id: str | None = None
+    # The report as the API's report.html shows it, when the worker rendered it (the engine
+    # cannot: the page lives in app.reports); see Context.render_report for pipeline steps.
+    report_html: str | None = None
+
+
 @dataclass
 class Context:
     """Everything a technique run sees. Paths are local files; the worker fetched them."""
@@ -57,6 +71,14 @@ class Context:
     model_id: str | None = None
     # Deadline of each native step (see app.engine.runtime.isolate): past it the step is killed.
     native_step_timeout_s: float = DEFAULT_NATIVE_STEP_TIMEOUT_S
+    # What produced model_path (set by the worker for techniques with ``needs_source``, and by
+    # the pipeline for every step after the first).
+    source: Source | None = None
+    # Renders a report as the API's report.html page; the worker passes app.reports' renderer.
+    render_report: Callable[[Source], str] | None = None
+    # Whether user-given URLs the worker fetches (export.mlflow's tracking_uri) may resolve to
+    # loopback, private or link-local addresses; the worker passes LATHE_EXPORT_ALLOW_PRIVATE.
+    allow_private_urls: bool = False
 
 
 @dataclass
@@ -75,6 +97,12 @@ class Technique:
     # Names of params fields holding model ids (a str, or a list of str). The API checks the
     # tenant owns each before queueing; the worker hands their files over in ``ctx.models``.
     model_params: ClassVar[tuple[str, ...]] = ()
+    # False for a technique that never runs the model (an exporter): as the first step of a job
+    # the model is passed on byte for byte, not opened in onnxruntime or normalised first.
+    opens_model: ClassVar[bool] = True
+    # True for a technique that reads ``ctx.source`` (the job that produced its input model):
+    # the worker loads that job's params and report for it.
+    needs_source: ClassVar[bool] = False
 
     def run(self, ctx: Context) -> Result:  # pragma: no cover - interface
         raise NotImplementedError

@@ -95,3 +95,36 @@ class StepTimeout(TechniqueError):
             "model's graph is probably too deep or too large for it (nested subgraphs, huge "
             f"node counts){'; ' + advice if advice else ''}")
         self.step, self.deadline_s = step, deadline_s
+
+
+class ExportFailed(TechniqueError):
+    """Sending the model to an external service (an MLflow tracking server) failed. The detail
+    names the service's answer or the network error; never a credential."""
+
+    type = "export_failed"
+
+
+class ExportUnreachable(ExportFailed):
+    """The service could not be reached: name not resolved, connection refused, timeout, or a
+    5xx answer."""
+
+    type = "export_unreachable"
+
+
+class ExportRejected(ExportFailed):
+    """The service answered with a 4xx (credentials missing or refused, permission, bad
+    request) or with something that is not the API Lathe speaks. ``error_code``: the
+    service's own code for it, where it gave one (MLflow's RESOURCE_ALREADY_EXISTS...)."""
+
+    type = "export_rejected"
+
+    def __init__(self, detail: str, *, error_code: str | None = None) -> None:
+        super().__init__(detail)
+        self.error_code = error_code
+
+
+class AddressRefused(ExportFailed):
+    """A user-given URL is not one the workers may reach (loopback, private, link-local or
+    reserved addresses, unless the operator allows them)."""
+
+    type = "address_refused"

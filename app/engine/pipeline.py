@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.engine.base import Context, Params, Result, Technique
+from app.engine.base import Context, Params, Result, Source, Technique
 from app.engine.catalog import all_techniques
 from app.engine.errors import InvalidParams
 from app.engine.reports import checked, pipeline_report
@@ -174,11 +174,14 @@ def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float
     code a hostile graph can keep busy), then normalised (``runtime.normalize``: old-ecosystem
     files made modern, so every technique reads weights as initializers and feeds only real
     inputs; the first step's report says what changed); later steps read models this
-    pipeline wrote."""
+    pipeline wrote. A first step that never opens the model (``opens_model`` False: an
+    exporter) gets the job's file as it is. Each step after the first gets the one before as
+    ``ctx.source`` (its technique, params and report)."""
     results: list[Result] = []
-    model_path, parent_path = ctx.model_path, ctx.parent_path
+    model_path, parent_path, source = ctx.model_path, ctx.parent_path, ctx.source
     normalization = None
-    if not is_pt2(model_path) and keras_kind(model_path) is None:  # ONNX: .pt2 and Keras go to convert.onnx
+    onnx = not is_pt2(model_path) and keras_kind(model_path) is None  # .pt2 and Keras go to convert.onnx
+    if onnx and plan[0].technique.opens_model:
         progress(0.0, "loading")
         run_bounded(probe_session, str(model_path), deadline_s=ctx.native_step_timeout_s,
                     step="onnxruntime session creation", cwd=workdir)
@@ -193,13 +196,14 @@ def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float
             progress((i + max(0.0, min(1.0, fraction))) / n, f"{label}{stage}")
 
         step_ctx = replace(ctx, model_path=model_path, parent_path=parent_path, params=step.params,
-                           workdir=step_dir, progress=step_progress)
+                           workdir=step_dir, progress=step_progress, source=source)
         result = step.technique().run(step_ctx)
         if i == 0 and normalization is not None:
             result.report = checked({**result.report, "normalization": normalization})
         results.append(result)
         if result.output_path is not None:
             parent_path, model_path = model_path, result.output_path
+            source = Source(step.name, step.params.model_dump(mode="json"), result.report)
     return results
 
 

@@ -744,6 +744,37 @@ class ConvertOnnxReport(Report):
     sandbox: Sandbox | None = None
 
 
+# --- export -------------------------------------------------------------------------------
+
+class ExportSource(Part):
+    """What produced the exported model: a job, or the pipeline step before."""
+
+    technique: str
+    job_id: str | None = None
+
+
+class ExportMlflowReport(Report):
+    """Where export.mlflow put the model: the run (params, metrics, report artifacts) and the
+    registered model version."""
+
+    technique: Literal["export.mlflow"]
+    tracking_uri: str
+    experiment: str
+    experiment_id: str
+    run_id: str
+    run_url: str
+    registered_model_name: str | None = None
+    model_version: str | None = Field(default=None, description="null when no registered_model_name was given.")
+    model_version_status: str | None = None
+    model_sha256: str = Field(description="sha256 of the ONNX file sent (the model version's model.onnx).")
+    model_size_bytes: int
+    source: ExportSource | None = Field(default=None, description="null for a model no job produced (an upload).")
+    params_logged: int
+    metrics_logged: int
+    artifacts: list[str] = Field(default=[], description="Paths logged in the run, relative to its artifact root.")
+    notes: list[str] = []
+
+
 # --- pipeline and the union -----------------------------------------------------------------
 
 class PipelineStep(Part):
@@ -765,7 +796,8 @@ class PipelineReport(Report):
 
 TechniqueReport = Annotated[
     Union[BenchmarkReport, CompareReport, EvaluateReport, QuantizeReport, QuantizeAutoReport,
-          PruneStructuredReport, PruneUnstructuredReport, DistillReport, ConvertOnnxReport],
+          PruneStructuredReport, PruneUnstructuredReport, DistillReport, ConvertOnnxReport,
+          ExportMlflowReport],
     Field(discriminator="technique"),
 ]
 """The report of one technique."""

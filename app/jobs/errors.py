@@ -25,6 +25,10 @@ class JobErrorType(StrEnum):
     PROVIDER_UNAVAILABLE = "provider_unavailable"
     TOLERANCE_NOT_MET = "tolerance_not_met"
     STEP_TIMEOUT = "step_timeout"
+    EXPORT_FAILED = "export_failed"
+    EXPORT_UNREACHABLE = "export_unreachable"
+    EXPORT_REJECTED = "export_rejected"
+    ADDRESS_REFUSED = "address_refused"
     # the service's own: limits, lost workers, jobs that can no longer be loaded, bugs
     TIMEOUT = "timeout"
     MEMORY_LIMIT = "memory_limit"

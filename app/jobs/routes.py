@@ -10,8 +10,8 @@ from app.deps import CeleryDep, SessionDep, SettingsDep, TenantDep
 from app.engine.reports import AnyReport
 from app.idempotency import IdempotencyKey
 from app.jobs import events, service
-from app.models.lineage import lineage
-from app.reports.render import CSP_HEADER, render_report_html
+from app.jobs.page import report_page
+from app.reports.render import CSP_HEADER
 from app.jobs.schemas import JobCreate, JobOut, Status
 from app.pagination import Cursor, Limit, Page, paginate
 from app.records import JobRecord
@@ -105,10 +105,7 @@ def get_report_html(job_id: str, tenant: TenantDep, session: SessionDep,
     """The report as a page people look at: summary, latency and throughput charts, the Pareto
     front of candidates, environment, lineage and the raw numbers. `?download=true` saves it."""
     job = get_owned(session, JobRecord, tenant.id, job_id, "job")
-    report = service.report(session, tenant, job_id)
-    anchor = job.output_model_id or job.model_id
-    family = lineage(session, tenant.id, anchor) if anchor else None
-    html = render_report_html(report, job=JobOut.model_validate(job).model_dump(mode="json"), lineage=family)
+    html = report_page(session, job, service.report(session, tenant, job_id))
     headers = {"Content-Security-Policy": CSP_HEADER}
     if download:
         headers["Content-Disposition"] = f'attachment; filename="lathe-report-{job.id}.html"'
