@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from app.engine.base import Context, Result, Technique, register
+from app.engine.quantize.params import measure_default
 from app.engine.quantize.static import StaticOptions
 
 Mode = Literal["dynamic", "static"]
@@ -29,6 +30,15 @@ class QuantizeAutoParams(StaticOptions):
         {"min_cosine": 0.99, "min_cosine_per_sample": 0.98},
     ]})
 
+    # The finalists' timing is also the report's benchmark (one measurement, not two), and on
+    # small models it was most of the search: a digits CNN at batch 1 (0.04 ms a run) needs
+    # 0.5 s of runs per model, so every point ran into max_runs (1000 per model, 3 models).
+    # Its interval comes from the interleaved rounds (MIN_ROUNDS at least), not from the
+    # run count: 200 runs are 40 rounds of 5 on a fast model. Raise them for a tighter one.
+    warmup: int = measure_default("warmup", 3)
+    min_runs: int = measure_default("min_runs", 10)
+    max_runs: int = measure_default("max_runs", 200)
+    min_seconds: float = measure_default("min_seconds", 0.1)
     modes: list[Mode] | None = Field(
         default=None, min_length=1, max_length=2,
         description="Quantization modes to try. null: static and dynamic for models with "
