@@ -515,8 +515,10 @@ class GraphFusion(Part):
 
     model_type: str = Field(description="The fusion set used; generic: no transformer fusions.")
     model_type_requested: str
-    num_heads: int = Field(description="0: detected by the optimizer.")
-    hidden_size: int = Field(description="0: detected by the optimizer.")
+    num_heads: int = Field(description="0: left to the optimizer's own detection.")
+    hidden_size: int = Field(description="0: left to the optimizer's own detection.")
+    attention_shape: str | None = Field(
+        default=None, description="Where num_heads/hidden_size came from: given, detected from the graph, or left to the optimizer.")
     opt_level: int | None = None
     float16: bool
     use_gpu: bool

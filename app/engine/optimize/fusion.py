@@ -31,6 +31,48 @@ def detect_model_type(ops: Counter[str]) -> str | None:
     return None
 
 
+def attention_shape(path: Path) -> tuple[int, int] | None:
+    """(num_heads, hidden_size) read from the graph, or None: hidden_size is the most common
+    LayerNormalization scale length; the head size d an integer constant dividing it (the
+    per-head Reshape's target writes it, with the head count or -1), preferring the d whose
+    sqrt (or 1/sqrt) scales the scores, then one whose partner h = hidden / d is a constant
+    too, then h <= d; num_heads = hidden / d. onnxruntime's own
+    detection reads only Reshape initializers, which TorchScript exports compute instead (it
+    failed on MiniLM, and fusing Attention there needs both given)."""
+    import math
+
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tensors = {t.name: t for t in graph.initializer}
+    arrays = []
+    for node in graph.node:
+        if node.op_type == "Constant":
+            arrays += [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+    arrays += [numpy_helper.to_array(t) for t in graph.initializer
+               if t.data_location != onnx.TensorProto.EXTERNAL and math.prod(t.dims) <= 8]
+    widths = Counter(math.prod(tensors[n.input[1]].dims) for n in graph.node
+                     if n.op_type == "LayerNormalization" and n.input[1] in tensors)
+    if not widths:
+        return None
+    hidden = widths.most_common(1)[0][0]
+    small = [a for a in arrays if a.size <= 8]
+    ints = {int(v) for a in small if a.dtype.kind in "iu" for v in a.ravel()}
+    floats = [float(v) for a in small if a.dtype.kind == "f" for v in a.ravel()]
+    # head sizes under 8 do not occur; 2 would also match GELU's sqrt(2)
+    pairs = [(hidden // d, d) for d in ints if 8 <= d < hidden and hidden % d == 0]
+    if not pairs:
+        return None
+
+    def scales(d: int) -> bool:
+        return any(math.isclose(f, math.sqrt(d), rel_tol=1e-3)
+                   or math.isclose(f, 1 / math.sqrt(d), rel_tol=1e-3) for f in floats)
+
+    best = min(pairs, key=lambda p: (not scales(p[1]), p[0] not in ints, p[0] > p[1], p[0]))
+    return best[0], hidden
+
+
 def fuse(src: Path, dst: Path, scratch: Path, *, model_type: str | None, num_heads: int,
          hidden_size: int, opt_level: int | None, use_gpu: bool, float16: bool,
          deadline_s: float) -> dict[str, Any]:

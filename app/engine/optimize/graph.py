@@ -81,7 +81,7 @@ class OptimizeGraph(Technique):
         import tempfile
         from pathlib import Path
 
-        from app.engine.optimize.fusion import detect_model_type, fuse
+        from app.engine.optimize.fusion import attention_shape, detect_model_type, fuse
         from app.engine.quantize.analysis import op_counts
         from app.engine.quantize.report import build_report
 
@@ -91,12 +91,19 @@ class OptimizeGraph(Technique):
         detected = detect_model_type(parent_ops)
         model_type = (detected if params.model_type == "auto"
                       else None if params.model_type == "generic" else params.model_type)
+        heads, hidden, shape_source = params.num_heads, params.hidden_size, "given"
+        if model_type is not None and not (heads and hidden):
+            found = attention_shape(ctx.model_path)
+            if found and (not heads or heads == found[0]) and (not hidden or hidden == found[1]):
+                heads, hidden, shape_source = *found, "detected from the graph"
+            else:
+                shape_source = "left to the optimizer (not found in the graph)"
         output = ctx.workdir / "model.onnx"
         ctx.progress(0.05, "fusing")
         scratch = Path(tempfile.mkdtemp(prefix="fuse-", dir=ctx.workdir))
         try:
             fused = fuse(ctx.model_path, output, scratch, model_type=model_type,
-                         num_heads=params.num_heads, hidden_size=params.hidden_size,
+                         num_heads=heads, hidden_size=hidden,
                          opt_level=params.opt_level, use_gpu=ctx.device == "gpu",
                          float16=params.float16, deadline_s=ctx.native_step_timeout_s)
         finally:
@@ -113,13 +120,18 @@ class OptimizeGraph(Technique):
         elif not fused["fused_operators"]:
             notes.append(f"the {model_type} optimizer found nothing to fuse in this graph")
         elif "Attention" not in fused["fused_operators"] and detected == "bert":
-            notes.append("no Attention fused: the optimizer did not recognise this export's "
-                         "attention (mask) pattern; the other fusions apply")
+            notes.append(
+                "no Attention fused: the optimizer did not recognise this export's attention "
+                + ("(its IsNaN/Where mask handling is how transformers' sdpa attention exports: "
+                   "re-exporting with attn_implementation=\"eager\" fused Attention on MiniLM)"
+                   if parent_ops.get("IsNaN") else "pattern")
+                + "; the other fusions apply")
         if params.float16 and ctx.device == "cpu":
             notes.append("float16 on the CPU provider: most ops have no float16 kernel; "
                          "expect a smaller file, not speed")
         graph = {"model_type": model_type or "generic", "model_type_requested": params.model_type,
-                 "num_heads": params.num_heads, "hidden_size": params.hidden_size,
+                 "num_heads": heads, "hidden_size": hidden,
+                 "attention_shape": shape_source if model_type else None,
                  "opt_level": params.opt_level, "float16": params.float16,
                  "use_gpu": ctx.device == "gpu", "fused_operators": fused["fused_operators"],
                  "transformer_fusions": "applied" if model_type else "not_applicable"}

@@ -78,6 +78,9 @@ def test_a_transformer_block_is_fused(block, tmp_path):
     report = result.report
     graph = report["graph"]
     assert graph["model_type"] == "bert" and graph["transformer_fusions"] == "applied"
+    # read from the graph (the head size scales the scores), not left to the optimizer
+    assert (graph["num_heads"], graph["hidden_size"]) == (HEADS, HIDDEN)
+    assert graph["attention_shape"] == "detected from the graph"
     assert sum(graph["fused_operators"].values()) > 0, graph
     assert graph["fused_operators"].get("SkipLayerNormalization", 0) >= 1
     # the fused graph computes what the parent did, measured on the dataset
@@ -110,4 +113,5 @@ def test_it_runs_as_a_pipeline_step(block, tmp_path):
     ctx = Context(model_path=path, params=steps[0].params, workdir=tmp_path, dataset_path=data)
     fused, quantized = pipeline.run(steps, ctx, tmp_path, lambda f, s: None)
     assert fused.report["graph"]["num_heads"] == HEADS
+    assert fused.report["graph"]["attention_shape"] == "given"
     assert quantized.report["nodes"]["quantized_ops"]
