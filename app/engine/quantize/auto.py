@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from app.engine.base import Context, Result, Technique, register
+from app.engine.params import BatchSize
 from app.engine.quantize.params import measure_default
 from app.engine.quantize.static import StaticOptions
 
@@ -35,6 +36,8 @@ class QuantizeAutoParams(StaticOptions):
     # 0.5 s of runs per model, so every point ran into max_runs (1000 per model, 3 models).
     # Its interval comes from the interleaved rounds (MIN_ROUNDS at least), not from the
     # run count: 200 runs are 40 rounds of 5 on a fast model. Raise them for a tighter one.
+    # The two ends of the usual range: on MiniLM the batch-8 point was a fifth of the search.
+    batch_sizes: list[BatchSize] = measure_default("batch_sizes", [1, 32])
     warmup: int = measure_default("warmup", 3)
     min_runs: int = measure_default("min_runs", 10)
     max_runs: int = measure_default("max_runs", 200)

@@ -84,17 +84,8 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         order = plan(modes, params.per_channel, has_conv)
         tolerance = params.tolerance(labels is not None)
     with contextlib.ExitStack() as stack:
-        with phase("prepare"):  # staging (opset, pre-processing) included
-            stage = stack.enter_context(ort_quant.staged(
-                ctx.model_path, ctx.workdir, preprocess=params.preprocess,
-                min_opset=ort_static.STATIC_MIN_OPSET if "static" in modes else 11,
-                deadline_s=ctx.native_step_timeout_s, shapes=False))
-            base = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
-                                      params.exclude_op_types)
-            layers = [n for n in weighted_nodes(stage.path, LAYER_OPS) if n["name"] not in base]
-            if not layers:
-                raise nothing_to_quantize(ctx.model_path, list(LAYER_OPS), "quantize.auto",
-                                          params.preprocess)
+        stage = base = layers = None
+
         def build(cand: dict, dst: Path, exclude: list[str] = (),
                   only: list[str] | None = None) -> Path:
             opts = dict(per_channel=cand["per_channel"], reduce_range=params.reduce_range,
@@ -108,11 +99,26 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                     activation_type=params.activation_type, op_types=None, **opts)
             return dst
 
-        # The first candidate is always built: its quantizer (a child process) runs while this
-        # process computes the parent's outputs, the other half of the search's fixed cost.
+        def stage_and_build_first() -> Path:
+            """Staging (opset, pre-processing) and the first candidate, always built: child
+            processes this thread waits on while the search's own process computes the
+            parent's outputs, the other half of the search's fixed cost."""
+            nonlocal stage, base, layers
+            stage = stack.enter_context(ort_quant.staged(
+                ctx.model_path, ctx.workdir, preprocess=params.preprocess,
+                min_opset=ort_static.STATIC_MIN_OPSET if "static" in modes else 11,
+                deadline_s=ctx.native_step_timeout_s, shapes=False))
+            base = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
+                                      params.exclude_op_types)
+            layers = [n for n in weighted_nodes(stage.path, LAYER_OPS) if n["name"] not in base]
+            if not layers:
+                raise nothing_to_quantize(ctx.model_path, list(LAYER_OPS), "quantize.auto",
+                                          params.preprocess)
+            return build(order[0], scratch / f"{order[0]['name']}-0.onnx")
+
         ctx.progress(0.03, "scoring parent")
         with concurrent.futures.ThreadPoolExecutor(1) as pool, phase("prepare"):
-            first_build = pool.submit(build, order[0], scratch / f"{order[0]['name']}-0.onnx")
+            first_build = pool.submit(stage_and_build_first)
             try:
                 scorer = Scorer(ctx.model_path, feeds, samples=params.fidelity_samples,
                                 batch_size=params.fidelity_batch_size, threads=max(params.threads),
@@ -120,7 +126,8 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                                 session=parent_session)
                 del parent_session
             finally:
-                first_build.exception()  # never leave the quantizer running past this block
+                first_build.exception()  # never leave the child steps running past this block
+            first_path = first_build.result()  # raises what staging or the quantizer raised
         rows, finalists, evaluations = [], [], {}
         with phase("whole_model"):
             for i, cand in enumerate(order):
@@ -133,8 +140,7 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                     rows.append({**row, "skipped": f"{winner['name']} already meets the "
                                  "tolerance and is expected at least as fast"})
                     continue
-                path = (first_build.result() if i == 0 else
-                        build(cand, scratch / f"{cand['name']}-0.onnx"))
+                path = first_path if i == 0 else build(cand, scratch / f"{cand['name']}-0.onnx")
                 evaluation = scorer.evaluate(path)
                 rows.append({**row, **scorer.figures(evaluation)})
                 cand["score"] = rows[-1]
