@@ -7,8 +7,9 @@
    MAX_SCORED layers), then per tier a bisection over the ranking for the fewest
    most-sensitive layers kept in float (a tier expected slower than the parent only when no
    faster tier found an answer);
-3. the finalists raced in rounds interleaved with the parent at the first batch size, then
-   only the chosen one timed at the others (``time_and_choose``): that timing is the report's.
+3. with several finalists, a race between them alone at the first batch size; then the chosen
+   one timed in rounds interleaved with the parent over the grid (``time_and_choose``): that
+   timing is the report's benchmark.
 
 Fidelity is always judged against the parent's outputs computed once (``Scorer``). Every phase's
 wall time goes in the report. Stdlib-level imports at module top; onnx/onnxruntime inside.
@@ -217,10 +218,14 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         row.update(timed=False, chosen=False)
         f = next((f for f in finalists if f["name"] == row["name"]), None)
         if f and row.get("float_layers") == f["float_layers"] and "skipped" not in row:
-            timed = [p for p in grid["points"] if f["name"] in p]
-            row.update(timed=True, chosen=f is chosen, size_bytes=f["path"].stat().st_size,
-                       geomean_speedup=round(_geomean([p[f["name"]]["speedup"] for p in timed]), 4),
-                       p50_ms={str(p["batch_size"]): p[f["name"]]["p50_ms"] for p in timed})
+            row.update(timed=True, chosen=f is chosen, size_bytes=f["path"].stat().st_size)
+            if f is chosen:  # timed against the parent over the whole grid
+                row.update(geomean_speedup=round(_geomean([p[f["name"]]["speedup"]
+                                                           for p in grid["points"]]), 4),
+                           p50_ms={str(p["batch_size"]): p[f["name"]]["p50_ms"]
+                                   for p in grid["points"]})
+            else:  # raced against the others only
+                row.update(p50_ms=grid["timing"]["race"]["p50_ms"][f["name"]])
     report_grid = {**grid, "points": [{**{k: v for k, v in p.items()
                                           if k not in {f["name"] for f in finalists}},
                                        "result": p[chosen["name"]]} for p in grid["points"]]}
@@ -261,35 +266,33 @@ def _badness(row: dict) -> tuple[float, float]:
 
 def time_and_choose(parent: Path, finalists: list[dict], params: Any, feeds: FeedSource,
                     ctx: Context, specs: list[dict]) -> tuple[dict[str, Any], dict, str]:
-    """The finalists raced at the first batch size that fits the model (each thread count),
-    ``choose`` picks one, and only it is timed against the parent at the other batch sizes:
-    the search's timing is also the report's benchmark, and every extra model in the
-    interleaved rounds of a large batch costs as much as the parent's share. Returns (grid
-    with every point, chosen, why)."""
-    from app.engine.measure.speedup import merge_host_load
+    """With several finalists, a race first: they alone (not the parent) in interleaved rounds
+    at the first batch size that fits the model, ``choose`` on their per-round ratios; then
+    the chosen one against the parent over the whole grid, which is the report's benchmark.
+    Every extra model in the grid's rounds costs as much as its share at every point (on
+    MiniLM at batch 32, a finalist's is a third of the parent's), the race only at the
+    cheapest point. Returns (grid, chosen, why); the grid's ``timing`` has the race's rounds."""
     from app.engine.runtime.inputs import batch_conflict
 
-    if len(finalists) == 1:
-        grid = time_finalists({"parent": parent, finalists[0]["name"]: finalists[0]["path"]},
-                              params, feeds, ctx, span=(0.7, 0.95))
-        return grid, *choose(finalists, grid)
-    fits = [b for b in params.batch_sizes if not batch_conflict(specs, b)] or params.batch_sizes
-    first = {"parent": parent, **{f["name"]: f["path"] for f in finalists}}
-    race = time_finalists(first, params.model_copy(update={"batch_sizes": fits[:1]}), feeds, ctx,
-                          span=(0.7, 0.8))
-    chosen, why = choose(finalists, race)
-    rest = [b for b in params.batch_sizes if b != fits[0]]
-    if not rest:
-        return race, chosen, why
-    more = time_finalists({"parent": parent, chosen["name"]: chosen["path"]},
-                          params.model_copy(update={"batch_sizes": rest}), feeds, ctx,
-                          span=(0.8, 0.95))
-    points = race["points"] + more["points"]
-    return {**race, "points": points, "host_load": merge_host_load([p["host_load"] for p in points]),
-            "skipped": race["skipped"] + more["skipped"],
-            "timing": {**race["timing"], "points": race["timing"]["points"] + more["timing"]["points"],
-                       "race": f"the finalists were raced at batch {fits[0]}; only the chosen one "
-                               "was timed at the other batch sizes"}}, chosen, why
+    race = None
+    if len(finalists) > 1:
+        fits = [b for b in params.batch_sizes if not batch_conflict(specs, b)] or params.batch_sizes
+        race = time_finalists({f["name"]: f["path"] for f in finalists},
+                              params.model_copy(update={"batch_sizes": fits[:1]}), feeds, ctx,
+                              span=(0.7, 0.75), reference=finalists[0]["name"])
+        chosen, why = choose(finalists, race)
+    else:
+        chosen, why = choose(finalists, {"points": []})
+    grid = time_finalists({"parent": parent, chosen["name"]: chosen["path"]}, params, feeds, ctx,
+                          span=(0.75, 0.95))
+    if race is not None:
+        grid["timing"]["race"] = {
+            "method": f"the finalists alone in interleaved rounds at batch {race['points'][0]['batch_size']}; "
+                      f"ratio = {finalists[0]['name']}'s time / the other's, per round",
+            "points": race["timing"]["points"],
+            "p50_ms": {f["name"]: {str(p["batch_size"]): p[f["name"]]["p50_ms"] for p in race["points"]}
+                       for f in finalists}}
+    return grid, chosen, why
 
 
 def choose(finalists: list[dict], grid: dict) -> tuple[dict, str]:
@@ -318,12 +321,13 @@ def choose(finalists: list[dict], grid: dict) -> tuple[dict, str]:
 
 
 def time_finalists(models: dict[str, Path], params: Any, feeds: FeedSource, ctx: Context,
-                   span: tuple[float, float]) -> dict[str, Any]:
-    """The ONE place quantize.auto times models: ``measure_grid`` with the parent first, so at
-    each (threads, batch) point the parent and every finalist run in interleaved rounds
-    (``measure.speedup.time_paired``) and each finalist's speedup is the median of its
-    per-round ratios to the parent, with interval and verdict. Each finalist's point also gets
-    ``speedup``, ``round_speedups`` and ``rounds`` at top level; the grid gets ``timing``."""
+                   span: tuple[float, float], reference: str = "parent") -> dict[str, Any]:
+    """The ONE place quantize.auto times models: ``measure_grid`` with ``reference`` (the parent,
+    or in a race the first finalist) first, so at each (threads, batch) point the models run
+    in interleaved rounds (``measure.speedup.time_paired``) and each one's speedup is the
+    median of its per-round ratios to the reference, with interval and verdict. Each model's
+    point also gets ``speedup``, ``round_speedups`` and ``rounds`` at top level; the grid gets
+    ``timing``."""
     from app.engine.measure.latency import measure_grid
 
     grid = measure_grid(models, params, feeds, device=ctx.device, progress=ctx.progress, span=span,
@@ -333,11 +337,14 @@ def time_finalists(models: dict[str, Path], params: Any, feeds: FeedSource, ctx:
             if vs := point[label].get("vs_reference"):
                 point[label].update(speedup=vs["speedup"], round_speedups=vs["round_speedups"],
                                     rounds=vs["rounds"])
+        if reference != "parent":  # a race: the reference is a finalist ``choose`` reads too
+            rounds = len(next((point[k]["round_speedups"] for k in models if k != reference), []))
+            point[reference].update(speedup=1.0, round_speedups=[1.0] * rounds, rounds=rounds)
     grid["timing"] = {
         "method": "parent and finalists in interleaved rounds per point (measure.speedup.time_paired); "
                   "speedup = median over rounds of parent time / candidate time (CPU time on a busy host)",
         "points": [{"batch_size": p["batch_size"], "threads": p["threads"],
-                    **{k: p[k]["round_speedups"] for k in models if k != "parent"}}
+                    **{k: p[k]["round_speedups"] for k in models if k != reference}}
                    for p in grid["points"]]}
     return grid
 

@@ -103,11 +103,13 @@ def test_a_passing_whole_model_candidate_ends_the_search(outlier, tmp_path):
     assert report["quantization"]["float_layers"] == [] and report["verdict"]["within_tolerance"]
     # the bare form first: expected faster, the annotated one must be measured faster to win
     assert search["finalists"] == ["dynamic-per-channel-bare", "dynamic-per-channel"]
-    # both forms raced at the first batch size (a ratio per round), only the chosen at the rest
-    race, *rest = search["timing"]["points"]
-    assert all(len(race[name]) >= MIN_ROUNDS for name in search["finalists"])
+    # both forms raced alone at the first batch size (a ratio per round), then only the chosen
+    # one timed against the parent over the whole grid
+    (race,) = search["timing"]["race"]["points"]
+    assert race["batch_size"] == 1 and len(race["dynamic-per-channel"]) >= MIN_ROUNDS
     chosen = next(c["name"] for c in report["candidates"] if c["chosen"])
-    assert rest and all(set(p) == {"batch_size", "threads", chosen} for p in rest)
+    assert [set(p) for p in search["timing"]["points"]] == [{"batch_size", "threads", chosen}] * 2
+    assert all(len(p[chosen]) >= MIN_ROUNDS for p in search["timing"]["points"])
     assert cosine(outputs(report_path(tmp_path), x), outputs(path, x)).mean() >= 0.9
     html, _ = render(report, job=JOB)  # the page says it too
     assert "skipped: dynamic-per-channel already meets" in html
