@@ -3,8 +3,8 @@
 Whole-model candidates first, fastest expected first, each scored against the parent's outputs
 computed once; the first that meets the tolerance ends the search of its tier and of slower
 ones. Only when none does: per-layer sensitivity, then a bisection for the fewest
-most-sensitive layers kept in float. The finalists are timed interleaved with the parent
-(see ``search``). Module top: pydantic/stdlib-level imports only.
+most-sensitive layers kept in float. Several finalists race alone, then the chosen one is
+timed interleaved with the parent (see ``search``). Module top: pydantic/stdlib-level imports only.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ class QuantizeAuto(Technique):
         "Accuracy-driven int8 quantization: tries whole-model dynamic/static and per-channel "
         "variants fastest-expected first and stops at the first that meets the tolerance "
         "(min_cosine, min_cosine_per_sample, max_accuracy_drop_pt); only if none does, ranks "
-        "layers by sensitivity and bisects for the fewest kept in float. The finalists are "
-        "timed interleaved with the parent; the report has every candidate, what was skipped "
-        "and why, and the wall time of each phase."
+        "layers by sensitivity and bisects for the fewest kept in float. Several finalists race "
+        "alone; the chosen one is timed interleaved with the parent; the report has every "
+        "candidate, what was skipped and why, and the wall time of each phase."
     )
     Params = QuantizeAutoParams
     needs_dataset = True
