@@ -510,6 +510,28 @@ class QuantizeAutoReport(QuantizeReport):
     search: AutoSearch | None = None
 
 
+class GraphFusion(Part):
+    """What optimize.graph asked onnxruntime's transformer optimizer for, and what it fused."""
+
+    model_type: str = Field(description="The fusion set used; generic: no transformer fusions.")
+    model_type_requested: str
+    num_heads: int = Field(description="0: left to the optimizer's own detection.")
+    hidden_size: int = Field(description="0: left to the optimizer's own detection.")
+    attention_shape: str | None = Field(
+        default=None, description="Where num_heads/hidden_size came from: given, detected from the graph, or left to the optimizer.")
+    opt_level: int | None = None
+    float16: bool
+    use_gpu: bool
+    fused_operators: dict[str, int] = Field(
+        default={}, description="Fused operator counts (get_fused_operator_statistics), nonzero only.")
+    transformer_fusions: Literal["applied", "not_applicable"]
+
+
+class OptimizeGraphReport(QuantizeReport):
+    technique: Literal["optimize.graph"]  # type: ignore[assignment]
+    graph: GraphFusion
+
+
 # --- torch techniques -----------------------------------------------------------------------
 
 class TorchStats(Part):
@@ -796,7 +818,7 @@ class PipelineReport(Report):
 
 TechniqueReport = Annotated[
     Union[BenchmarkReport, CompareReport, EvaluateReport, QuantizeReport, QuantizeAutoReport,
-          PruneStructuredReport, PruneUnstructuredReport, DistillReport, ConvertOnnxReport,
+          OptimizeGraphReport, PruneStructuredReport, PruneUnstructuredReport, DistillReport, ConvertOnnxReport,
           ExportMlflowReport],
     Field(discriminator="technique"),
 ]

@@ -28,6 +28,7 @@ CASES = {
     "quantize.int4": ("mlp", QUANT, False),
     "quantize.auto": ("mlp", {**QUANT, "modes": ["dynamic"], "per_channel": [False], "samples": 16,
                               "sensitivity_samples": 16, "min_cosine": 0.5}, True),
+    "optimize.graph": ("mlp", QUANT, False),
     "prune.unstructured": ("mlp", {**MEASURE, "sparsity": 0.5}, False),
     "prune.structured": ("mlp", {**MEASURE, "ratio": 0.5, "fine_tune": {"epochs": 1, "lr": 1e-3}}, True),
     "distill": ("mlp", {**MEASURE, "student": {"pruned_ratio": 0.5}, "epochs": 1, "lr": 1e-3}, True),

@@ -3,8 +3,8 @@
 Whole-model candidates first, fastest expected first, each scored against the parent's outputs
 computed once; the first that meets the tolerance ends the search of its tier and of slower
 ones. Only when none does: per-layer sensitivity, then a bisection for the fewest
-most-sensitive layers kept in float. The finalists are timed interleaved with the parent
-(see ``search``). Module top: pydantic/stdlib-level imports only.
+most-sensitive layers kept in float. Several finalists race alone, then the chosen one is
+timed interleaved with the parent (see ``search``). Module top: pydantic/stdlib-level imports only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from app.engine.base import Context, Result, Technique, register
+from app.engine.params import BatchSize
+from app.engine.quantize.params import measure_default
 from app.engine.quantize.static import StaticOptions
 
 Mode = Literal["dynamic", "static"]
@@ -29,6 +31,17 @@ class QuantizeAutoParams(StaticOptions):
         {"min_cosine": 0.99, "min_cosine_per_sample": 0.98},
     ]})
 
+    # The finalists' timing is also the report's benchmark (one measurement, not two), and on
+    # small models it was most of the search: a digits CNN at batch 1 (0.04 ms a run) needs
+    # 0.5 s of runs per model, so every point ran into max_runs (1000 per model, 3 models).
+    # Its interval comes from the interleaved rounds (MIN_ROUNDS at least), not from the
+    # run count: 200 runs are 40 rounds of 5 on a fast model. Raise them for a tighter one.
+    # The two ends of the usual range: on MiniLM the batch-8 point was a fifth of the search.
+    batch_sizes: list[BatchSize] = measure_default("batch_sizes", [1, 32])
+    warmup: int = measure_default("warmup", 3)
+    min_runs: int = measure_default("min_runs", 10)
+    max_runs: int = measure_default("max_runs", 200)
+    min_seconds: float = measure_default("min_seconds", 0.1)
     modes: list[Mode] | None = Field(
         default=None, min_length=1, max_length=2,
         description="Quantization modes to try. null: static and dynamic for models with "
@@ -60,9 +73,9 @@ class QuantizeAuto(Technique):
         "Accuracy-driven int8 quantization: tries whole-model dynamic/static and per-channel "
         "variants fastest-expected first and stops at the first that meets the tolerance "
         "(min_cosine, min_cosine_per_sample, max_accuracy_drop_pt); only if none does, ranks "
-        "layers by sensitivity and bisects for the fewest kept in float. The finalists are "
-        "timed interleaved with the parent; the report has every candidate, what was skipped "
-        "and why, and the wall time of each phase."
+        "layers by sensitivity and bisects for the fewest kept in float. Several finalists race "
+        "alone; the chosen one is timed interleaved with the parent; the report has every "
+        "candidate, what was skipped and why, and the wall time of each phase."
     )
     Params = QuantizeAutoParams
     needs_dataset = True

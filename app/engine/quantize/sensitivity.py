@@ -26,7 +26,9 @@ class Scorer:
     ``samples`` dataset samples, judged by the quantization report's own tolerance rule."""
 
     def __init__(self, parent: Path, feeds: Any, *, samples: int, batch_size: int,
-                 threads: int, device: Device, task: str, tolerance: dict) -> None:
+                 threads: int, device: Device, task: str, tolerance: dict,
+                 session: Any = None) -> None:
+        """``session``: the parent's, already open with these threads and device."""
         import numpy as np
 
         from app.engine.data.datasets import load_labels
@@ -35,7 +37,7 @@ class Scorer:
         from app.engine.runtime.sessions import create_session, run_session
 
         self.threads, self.device, self.what = threads, device, feeds.what
-        session, _ = create_session(parent, threads, device)
+        session = session or create_session(parent, threads, device)[0]
         specs = input_specs(session)
         self.names = [o.name for o in session.get_outputs()]
         total = min(samples, feeds.samples(specs))

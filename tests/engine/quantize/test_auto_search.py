@@ -101,8 +101,15 @@ def test_a_passing_whole_model_candidate_ends_the_search(outlier, tmp_path):
     assert bare["meets_tolerance"] and abs(bare["mean_cosine"] - first["mean_cosine"]) < 1e-4
     assert [first["chosen"], bare["chosen"]].count(True) == 1
     assert report["quantization"]["float_layers"] == [] and report["verdict"]["within_tolerance"]
-    assert search["finalists"] == ["dynamic-per-channel", "dynamic-per-channel-bare"]
-    assert all(len(p["dynamic-per-channel"]) >= MIN_ROUNDS for p in search["timing"]["points"])  # a ratio per round
+    # the bare form first: expected faster, the annotated one must be measured faster to win
+    assert search["finalists"] == ["dynamic-per-channel-bare", "dynamic-per-channel"]
+    # both forms raced alone at the first batch size (a ratio per round), then only the chosen
+    # one timed against the parent over the whole grid
+    (race,) = search["timing"]["race"]["points"]
+    assert race["batch_size"] == 1 and len(race["dynamic-per-channel"]) >= MIN_ROUNDS
+    chosen = next(c["name"] for c in report["candidates"] if c["chosen"])
+    assert [set(p) for p in search["timing"]["points"]] == [{"batch_size", "threads", chosen}] * 2
+    assert all(len(p[chosen]) >= MIN_ROUNDS for p in search["timing"]["points"])
     assert cosine(outputs(report_path(tmp_path), x), outputs(path, x)).mean() >= 0.9
     html, _ = render(report, job=JOB)  # the page says it too
     assert "skipped: dynamic-per-channel already meets" in html

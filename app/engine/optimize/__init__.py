@@ -1,0 +1,1 @@
+"""Graph-level optimizations that keep the model's precision (operator fusion)."""
