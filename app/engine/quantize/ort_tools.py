@@ -93,9 +93,13 @@ def _quantize_dynamic(src: Path, dst: Path, *, op_types: list[str] | None, per_c
                       weight_type: str) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(src, dst, op_types_to_quantize=_without_standard_namesakes(src, op_types), per_channel=per_channel,
-                     reduce_range=reduce_range, nodes_to_exclude=exclude, nodes_to_quantize=only,
-                     weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
+    from app.engine.quantize.fast_weights import vectorized_per_channel
+
+    with vectorized_per_channel():
+        quantize_dynamic(src, dst, op_types_to_quantize=_without_standard_namesakes(src, op_types),
+                         per_channel=per_channel, reduce_range=reduce_range, nodes_to_exclude=exclude,
+                         nodes_to_quantize=only,
+                         weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
 
 
 # ORT's quantizers rewrite these op types as their com.microsoft contrib ops; ONNX (opset 23)
