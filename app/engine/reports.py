@@ -478,7 +478,7 @@ class Candidate(Part):
     mode: str | None = None
     per_channel: bool | None = None
     float_layers: int | None = None
-    phase: str | None = Field(default=None, description="whole_model, bisection, or graph_form (a finalist without the shape annotations that steer onnxruntime's fusions).")
+    phase: str | None = Field(default=None, description="whole_model or bisection.")
     skipped: str | None = Field(default=None, description="Why it was not tried.")
     samples: int | None = None
     mean_cosine: float | None = None

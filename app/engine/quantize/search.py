@@ -98,7 +98,7 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                     stage, dst, reader=ort_static.calibration_reader(feeds, specs, params.samples),
                     calibration=params.calibration, fmt="qdq",
                     activation_type=params.activation_type, op_types=None, **opts)
-            return dst
+            return without_shape_hints(dst)
 
         def stage_and_build_first() -> Path:
             """Staging (opset, pre-processing) and the first candidate, always built: child
@@ -191,17 +191,6 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                         finalists.append({**cand, "excluded": ranking[:k], "float_layers": k,
                                           "path": path})
                         evaluations[cand["name"]] = scorer.full[path]
-        if finalists and (bare := without_shape_hints(finalists[0], scratch)) is not None:
-            # Timed beside its annotated twin, not assumed; but expected faster (measured so
-            # every time on MiniLM and on the digits CNN), so it goes first: the annotated form
-            # is chosen only when measured faster at every point.
-            evaluation = scorer.evaluate(bare["path"])
-            rows.append({"name": bare["name"], "mode": bare["mode"], "per_channel": bare["per_channel"],
-                         "float_layers": bare["float_layers"], "phase": "graph_form",
-                         **scorer.figures(evaluation)})
-            if rows[-1]["meets_tolerance"]:
-                finalists.insert(0, bare)
-                evaluations[bare["name"]] = evaluation
         preprocess, opset = stage.preprocess, stage.opset
     if not finalists:
         best = min((r for r in rows if "meets_tolerance" in r), key=_badness)
@@ -242,22 +231,22 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
     }
 
 
-def without_shape_hints(finalist: dict, scratch: Path) -> dict | None:
-    """The finalist's graph without the shape annotations (``value_info``) preprocessing left
-    in it, or None when it has none. They decide which fusions onnxruntime applies when it
-    loads the model: with them, MiniLM's Add + LayerNormalization pairs fuse into
-    SkipLayerNormalization, and on a 1-thread AVX-512 host that fused form measured 2.25x
-    FP32 at batch 1 and 1.85x at 32, the bare one 2.93x and 2.68x (same operators otherwise)."""
+def without_shape_hints(path: Path) -> Path:
+    """Strip, in place, the shape annotations (``value_info``) pre-processing left in a built
+    candidate. They decide which fusions onnxruntime applies when it loads the model: with them,
+    MiniLM's Add + LayerNormalization pairs fuse into SkipLayerNormalization, and on a 1-thread
+    AVX-512 host that fused form measured 2.25x FP32 at batch 1 and 1.85x at 32, the bare one
+    2.93x and 2.68x (same operators otherwise); on the digits CNN the bare form was as fast or
+    faster. Earlier versions built both forms and raced them: the bare one won every race
+    measured (MiniLM, digits CNN, two sessions), so the search now builds only the bare form and
+    spends that time nowhere. onnxruntime infers the shapes at load either way."""
     import onnx
 
-    model = onnx.load(str(finalist["path"]))
-    if not len(model.graph.value_info):
-        return None
-    del model.graph.value_info[:]
-    path = scratch / f"{finalist['path'].stem}-bare.onnx"
-    onnx.save(model, str(path))
-    return {**finalist, "name": f"{finalist['name']}-bare", "path": path,
-            "graph_form": "without value_info (onnxruntime infers shapes at load)"}
+    model = onnx.load(str(path))
+    if len(model.graph.value_info):
+        del model.graph.value_info[:]
+        onnx.save(model, str(path))
+    return path
 
 
 def _badness(row: dict) -> tuple[float, float]:
