@@ -354,7 +354,7 @@ def choose_recipe(model: Any, train: dict[str, Any], val: dict[str, Any] | None,
                        "val_accuracy": None if scored["accuracy"] is None else round(scored["accuracy"], 6)})
         if tick is not None:
             tick()
-        return {"cfg": c, "loss": scored["loss"], "losses": scored["losses"], "row": trials[-1]}
+        return {"cfg": c, "loss": scored["loss"], "losses": scored["losses"]}
 
     def lowest_within_noise(results: list[dict[str, Any]]) -> dict[str, Any]:
         best = min(results, key=lambda r: r["loss"])
