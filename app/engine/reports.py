@@ -576,6 +576,7 @@ class RecipeTrial(Part):
     lr: float
     batch_size: int
     why: str
+    steps: int | None = Field(default=None, description="Training steps of this trial.")
     val_loss: float | None = None
     val_accuracy: float | None = None
 
@@ -589,6 +590,13 @@ class LrRangeTest(Part):
     held_out: int | None = Field(default=None, description="Samples the trials were scored on.")
     trials: list[RecipeTrial] = []
     curves: dict[str, list[LrPoint]] = Field(default={}, description="The range test of each optimizer tried.")
+    proposals: dict[str, dict[str, float]] = Field(
+        default={}, description="Per optimizer, the curve's readings: min_over_10, steepest and "
+        "the proposed rate (the lower of the two) that the trials start from.")
+    probe_steps: int | None = Field(default=None, description="Training steps of each trial.")
+    val_loss_before: float | None = Field(default=None, description="Held-out loss of the "
+                                          "model before any training, for scale.")
+    seconds: float | None = Field(default=None, description="Time spent choosing.")
     chosen: dict[str, Any] | None = None
 
 
@@ -607,6 +615,8 @@ class Training(Part):
     best_epoch: int | None = None
     stopped_early_at_epoch: int | None = None
     restored_best_weights: bool | None = None
+    seconds: float | None = Field(default=None, description="Training time, the choice of "
+                                  "recipe (lr_range_test.seconds) excluded.")
     student_accuracy_before_training: float | None = None
     objective: str | None = Field(default=None, description="What the student learned (FFN "
                                   "recovery: the parent's outputs).")

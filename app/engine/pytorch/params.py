@@ -22,9 +22,11 @@ class TrainingParams(Params):
     lr: float | Literal["auto"] = Field(
         default="auto",
         description="Learning rate, or \"auto\": a range test (LR raised exponentially until "
-        "the loss diverges) proposes a tenth of the LR at the lowest loss; that rate, x3 and /3 "
-        "each train a copy of the model briefly and the one with the lowest loss on held-out "
-        "data is used. The curve and every trial are in the report.",
+        "the loss diverges) proposes the lower of its steepest descent and a tenth of the LR at "
+        "its lowest loss; that rate, x3 and /3 each train a copy of the model for a sixth of "
+        "the run (cosine-decayed), and the lowest rate whose held-out loss is within noise (2 "
+        "paired standard errors) of the best is used, the grid extended x3 or /3 (at most "
+        "twice) while an edge rate wins. The curve and every trial are in the report.",
         json_schema_extra={"examples": ["auto", 0.001]})
     batch_size: int | Literal["auto"] = Field(
         default=64, description="Samples per step (per process when processes > 1), or \"auto\": "

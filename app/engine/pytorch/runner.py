@@ -5,6 +5,7 @@ in this process or on N data-parallel ranks, and report every epoch through the 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from app.engine.base import Context
@@ -58,6 +59,7 @@ def train(ctx: Context, module: Any, train_data: dict, val_data: dict | None,
                      text=f"epoch {epoch}/{cfg.epochs} loss {loss:.4f}")
         ctx.progress(stage["fraction"], stage["text"])
 
+    began = time.perf_counter()
     if params.processes > 1:
         from app.engine.pytorch.ddp import train_parallel
 
@@ -69,5 +71,5 @@ def train(ctx: Context, module: Any, train_data: dict, val_data: dict | None,
         history = fit(module, train_data, val_data, cfg, device=device, on_epoch=on_epoch,
                       tick=lambda: ctx.progress(stage["fraction"], stage["text"]))
     module.cpu().eval()
-    out.update(history)
+    out.update(history, seconds=round(time.perf_counter() - began, 2))
     return out
