@@ -13,11 +13,16 @@ score). Variants:
   activations, per-channel int8 weights), ranges from Lathe's padding-aware min/max
   (``-nomask``: padding rows included), optionally SmoothQuant-smoothed with ``alpha``
   (app/engine/quantize/smooth.py).
+- ``int[-nomask][-sq<alpha>[ln]]``: the same recipe written directly as onnxruntime's kernels
+  (``smooth.integer_w8a8``, quantize.static format "integer"): MatMulIntegerToFloat with the
+  bias folded in, no shape annotations; ``ln``: smoothing only the LayerNorm outputs.
+- ``dyn-pc-bare``: ``dyn-pc`` without the shape annotations (value_info) its quantizer wrote.
 - ``fused-*``: the same after onnxruntime.transformers' BERT optimizer (Attention, SkipLayerNorm,
   BiasGelu fusions).
 - ``prune<pct>-*``: ``pct`` % of every FFN's intermediate neurons removed (Lathe's ONNX FFN
   pruning, ranked by activations on the tuning sentences) and the pruned FFN weights distilled
-  toward the parent's outputs on the tuning sentences, then quantized.
+  toward the parent's embeddings on the tuning sentences (in torch, see ``prune``), then
+  quantized.
 
 Every artifact is scored on the held-out sentences (mean and worst per-sample cosine of the
 sentence embedding vs FP32) and timed in this one process, 1 intra-op thread, interleaved
@@ -123,8 +128,10 @@ def builder(name: str, work: Path):
         elif last.startswith("int"):
             from app.engine.quantize.smooth import integer_w8a8
 
-            alpha = next((float(p[2:]) for p in last.split("-") if p.startswith("sq")), None)
-            integer_w8a8(src, dst, batches(tune, 16), alpha=alpha, mask_padding="nomask" not in last)
+            sq = next((p[2:] for p in last.split("-") if p.startswith("sq")), None)
+            alpha = float(sq.removesuffix("ln")) if sq else None
+            integer_w8a8(src, dst, batches(tune, 16), alpha=alpha, mask_padding="nomask" not in last,
+                         smooth_after=["LayerNormalization"] if sq and sq.endswith("ln") else None)
         elif last.startswith("static"):
             alpha = next((float(p[2:]) for p in last.split("-") if p.startswith("sq")), None)
             static(src, dst, tune, alpha=alpha, mask="nomask" not in last)
@@ -179,7 +186,7 @@ def prune(src: Path, dst: Path, tune: dict, ratio: float, work: Path) -> None:
     student.config.intermediate_size = len(keep)
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=2e-4)
-    epochs = 15
+    epochs = 10
     for epoch in range(epochs):
         order = torch.randperm(n)
         total = 0.0

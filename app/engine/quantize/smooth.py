@@ -92,6 +92,18 @@ def tensor_stats(path: Path | str, tensors: Sequence[str], feeds: Iterable[Mappi
     return stats
 
 
+def factors(absmax: Any, weights: Sequence[Any], alpha: float) -> Any:
+    """SmoothQuant's per-input-channel s = max|x|^alpha / max|w|^(1-alpha), the weight max
+    taken over every [K, N] weight reading the activation; 1 where either is 0."""
+    import numpy as np
+
+    x = np.asarray(absmax, np.float64)
+    w = np.max([np.abs(w).max(1) for w in weights], axis=0).astype(np.float64)
+    s = np.where((x > 0) & (w > 0), np.power(np.maximum(x, 1e-12), alpha) /
+                 np.power(np.maximum(w, 1e-12), 1 - alpha), 1.0)
+    return np.clip(s, MIN_FACTOR, MAX_FACTOR)
+
+
 def smooth(model: Any, absmax: Mapping[str, Any], alpha: float) -> list[str]:
     """Smooth ``model`` in place: for every activation in ``absmax`` (name -> per-channel max
     |x|, see ``tensor_stats``) read by MatMuls with constant weights, scale the weights' rows
@@ -117,10 +129,7 @@ def smooth(model: Any, absmax: Mapping[str, Any], alpha: float) -> list[str]:
         x = np.asarray(absmax[act], dtype=np.float64)
         if any(w.shape[0] != x.shape[0] for w in weights):
             continue
-        w = np.max([np.abs(w).max(1) for w in weights], axis=0).astype(np.float64)
-        s = np.where((x > 0) & (w > 0), np.power(np.maximum(x, 1e-12), alpha) /
-                     np.power(np.maximum(w, 1e-12), 1 - alpha), 1.0)
-        s = np.clip(s, MIN_FACTOR, MAX_FACTOR).astype(np.float32)
+        s = factors(x, weights, alpha).astype(np.float32)
         for node, weight in zip(readers, weights):
             scaled = (weight * s[:, None]).astype(weight.dtype)
             name = node.input[1]
@@ -235,13 +244,15 @@ def static_w8a8(src: Path | str, dst: Path | str, feeds: Sequence[Mapping[str, A
 
 def integer_w8a8(src: Path | str, dst: Path | str, feeds: Sequence[Mapping[str, Any]], *,
                  alpha: float | None = None, mask_padding: bool = True,
-                 exclude: Sequence[str] = ()) -> dict[str, Any]:
+                 exclude: Sequence[str] = (), smooth_after: Sequence[str] | None = None) -> dict[str, Any]:
     """Static W8A8 written directly as the kernels onnxruntime runs, without its quantizer:
     every MatMul with a constant [K, N] weight becomes ``MatMulIntegerToFloat`` (com.microsoft)
     reading a uint8 activation quantized once by a ``QuantizeLinear`` shared by the MatMuls of
     the same input, int8 per-output-channel symmetric weights, and the following bias ``Add``
     folded in as its bias input. With ``alpha``, SmoothQuant: a ``Mul`` by ``1/s`` before the
-    ``QuantizeLinear``, the weight rows multiplied by ``s``.
+    ``QuantizeLinear``, the weight rows multiplied by ``s``; only on the outputs of
+    ``smooth_after`` op types when given (e.g. ["LayerNormalization"], where transformers'
+    outlier channels are: each smoothed activation costs one Mul).
     Ranges are min/max over ``feeds`` (padding rows left out with ``mask_padding``). The graph
     keeps no shape annotations (``value_info``): with them onnxruntime fuses Add+LayerNorm
     into SkipLayerNormalization, measured slower on this x86 host (see
@@ -263,6 +274,7 @@ def integer_w8a8(src: Path | str, dst: Path | str, feeds: Sequence[Mapping[str, 
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in model.graph.output}
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
     drop: set[str] = set()  # outputs of the bias Adds folded into MatMulIntegerToFloat
     new_inits = []
     done, smoothed = [], []
@@ -275,12 +287,8 @@ def integer_w8a8(src: Path | str, dst: Path | str, feeds: Sequence[Mapping[str, 
         if any(w.shape[0] != k for w in weights) or st["cmin"].shape[0] != k:
             continue
         s = np.ones(k)
-        if alpha is not None:
-            x = np.asarray(st["absmax"], np.float64)
-            w = np.max([np.abs(w).max(1) for w in weights], axis=0)
-            s = np.where((x > 0) & (w > 0), np.power(np.maximum(x, 1e-12), alpha) /
-                         np.power(np.maximum(w, 1e-12), 1 - alpha), 1.0)
-            s = np.clip(s, MIN_FACTOR, MAX_FACTOR)
+        if alpha is not None and (smooth_after is None or producer.get(act) in smooth_after):
+            s = factors(st["absmax"], weights, alpha)
             smoothed.append(act)
         low = min(float((np.asarray(st["cmin"]) / s).min()), 0.0)
         high = max(float((np.asarray(st["cmax"]) / s).max()), 0.0)
@@ -292,7 +300,7 @@ def integer_w8a8(src: Path | str, dst: Path | str, feeds: Sequence[Mapping[str, 
         xq = f"{base}_quantized"
         position = min(list(model.graph.node).index(n) for n in readers)
         source = act
-        if alpha is not None:  # (a per-channel QuantizeLinear scale would do it, but
+        if act in smoothed:  # (a per-channel QuantizeLinear scale would do it, but
             # onnxruntime's per-axis QuantizeLinear kernel measured ~5x slower than the model)
             source = f"{base}_smoothed"
             new_inits.append(numpy_helper.from_array((1.0 / s).astype(np.float32), f"{base}_inv_s"))
