@@ -185,8 +185,8 @@ def prune(src: Path, dst: Path, tune: dict, ratio: float, work: Path) -> None:
         layer.intermediate.dense, layer.output.dense = new_up, new_down
     student.config.intermediate_size = len(keep)
     student.train()
-    opt = torch.optim.AdamW(student.parameters(), lr=2e-4)
-    epochs = 10
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-4)
+    epochs = 14
     for epoch in range(epochs):
         order = torch.randperm(n)
         total = 0.0
@@ -199,12 +199,17 @@ def prune(src: Path, dst: Path, tune: dict, ratio: float, work: Path) -> None:
             total += float(loss.detach()) * len(idx)
         if epoch % 5 == 4:
             print(f"  prune {ratio:.0%} recovery epoch {epoch + 1}: loss {total / n:.5f}", flush=True)
-    student.eval()
+    student.eval().requires_grad_(False)
+    torch.save(student.state_dict(), work / f"pruned{int(ratio * 100)}-student.pt")
 
     class SentenceEncoder(torch.nn.Module):  # as benchmarks/quantization.py's export_minilm
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = student
+
         def forward(self, input_ids, attention_mask, token_type_ids):
-            h = student(input_ids=input_ids, attention_mask=attention_mask,
-                        token_type_ids=token_type_ids).last_hidden_state
+            h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(h.dtype)
             return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
 

@@ -188,6 +188,9 @@ class QuantizeStatic(Technique):
         if params.mask_padding and smoothing is not None and smoothing["mask_input"] is None:
             notes.append("mask_padding: the model has no [batch, sequence] input named like an "
                          "attention mask; every position was calibrated")
+        if params.format == "integer":
+            notes.append("format 'integer': MatMulIntegerToFloat is an onnxruntime contrib "
+                         "operator (com.microsoft); other runtimes cannot load this file")
         if mask_nodes:
             notes.append(f"{len(mask_nodes)} nodes around attention masks (values of -inf or "
                          "float32's lowest) stay float: quantizing them would clip the mask")
