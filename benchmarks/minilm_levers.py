@@ -19,8 +19,8 @@ score). Variants:
 - ``dyn-pc-bare``: ``dyn-pc`` without the shape annotations (value_info) its quantizer wrote.
 - ``fused-*``: the same after onnxruntime.transformers' BERT optimizer (Attention, SkipLayerNorm,
   BiasGelu fusions).
-- ``prune<pct>-*``: ``pct`` % of every FFN's intermediate neurons removed (Lathe's ONNX FFN
-  pruning, ranked by activations on the tuning sentences) and the pruned FFN weights distilled
+- ``prune<pct>-*``: ``pct`` % of every FFN's intermediate neurons removed (ranked as Lathe's
+  ONNX FFN pruning ranks them, by activations on the tuning sentences) and the model distilled
   toward the parent's embeddings on the tuning sentences (in torch, see ``prune``), then
   quantized.
 
@@ -30,6 +30,13 @@ rounds (each round runs every artifact at b1 and b32 in a rotated order; the spe
 median of per-round ratios to FP32 with a ~95% order-statistic interval), as
 benchmarks/peer_drivers/run_timer.py does. ``vs dyn-pc`` is the median of per-round ratios to
 the baseline. The kernels onnxruntime actually runs come from its optimized-model dump.
+
+Findings (2026-11-29, 2 shared cores, 20 rounds): the shape annotations (value_info) that
+onnxruntime's quantizers write let it fuse Add+LayerNorm into SkipLayerNormalization, which ran
+slower here than the two ops: ``dyn-pc-bare`` is 1.17x/1.23x ``dyn-pc`` at b1/b32. ``int``
+(static, padding-free ranges, bias folded, no annotations) is 1.15x/1.27x ``dyn-pc`` at cosine
+0.993; SmoothQuant alpha 0.75 lifts cosine to 0.998 for ~3-7% of speed (a Mul per smoothed
+input). 12.5% FFN pruning with recovery on the 128 tuning sentences stays at cosine 0.97.
 """
 
 from __future__ import annotations
@@ -220,27 +227,6 @@ def prune(src: Path, dst: Path, tune: dict, ratio: float, work: Path) -> None:
                           input_names=names, output_names=["sentence_embedding"], opset_version=17,
                           dynamo=False, dynamic_axes={**{k: {0: "batch", 1: "sequence"} for k in names},
                                                       "sentence_embedding": {0: "batch"}})
-
-
-def prune_onnx(src: Path, dst: Path, tune: dict, ratio: float, work: Path) -> None:
-    """FFN pruning with recovery through Lathe's prune.structured (ONNX route)."""
-    from app.engine.base import Context
-    from app.engine.prune.structured import PruneStructured, PruneStructuredParams
-
-    data = work / "tune_dataset.npz"
-    np.savez(data, **tune)
-    out = dst.parent / f"{dst.stem}.job"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    tune_params = {"epochs": 8, "lr": 3e-4, "source": "teacher", "batch_size": 16, "val_fraction": 0.2,
-                   "patience": 2}
-    params = PruneStructuredParams(ratio=ratio, fine_tune=tune_params, batch_sizes=[1], threads=[1],
-                                   min_runs=3, min_seconds=0.1, max_seconds=1.0, dims={"seq": SEQ},
-                                   int_high=30522)
-    ctx = Context(model_path=src, params=params, workdir=out, device="cpu", dataset_path=data,
-                  progress=lambda f, s: None)
-    result = PruneStructured().run(ctx)
-    shutil.copyfile(result.output_path, dst)
 
 
 # ---- measuring ------------------------------------------------------------------------------
