@@ -132,6 +132,8 @@ def builder(name: str, work: Path):
             model = onnx.load(str(dst))
             del model.graph.value_info[:]
             onnx.save(model, str(dst))
+        elif last.startswith("lathe-"):  # quantize.static through the engine, as a job runs it
+            lathe_static(src, dst, tune, last.removeprefix("lathe-"), work)
         elif last.startswith("int"):
             from app.engine.quantize.smooth import integer_w8a8
 
@@ -227,6 +229,25 @@ def prune(src: Path, dst: Path, tune: dict, ratio: float, work: Path) -> None:
                           input_names=names, output_names=["sentence_embedding"], opset_version=17,
                           dynamo=False, dynamic_axes={**{k: {0: "batch", 1: "sequence"} for k in names},
                                                       "sentence_embedding": {0: "batch"}})
+
+
+def lathe_static(src: Path, dst: Path, tune: dict, recipe: str, work: Path) -> None:
+    """quantize.static with format "integer" and mask_padding (``recipe`` "int"), plus
+    smooth_alpha for "int-sq<alpha>", through the technique's run() on the tuning sentences."""
+    from app.engine.base import Context
+    from app.engine.quantize.static import QuantizeStatic, QuantizeStaticParams
+
+    data = work / "tune_dataset.npz"
+    np.savez(data, **tune)
+    out = dst.parent / f"{dst.stem}.job"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    alpha = next((float(p[2:]) for p in recipe.split("-") if p.startswith("sq")), None)
+    params = QuantizeStaticParams(format="integer", mask_padding=True, smooth_alpha=alpha, samples=N_TUNE,
+                                  batch_sizes=[1], min_runs=3, min_seconds=0.1, max_seconds=1.0)
+    result = QuantizeStatic().run(Context(model_path=src, params=params, workdir=out, dataset_path=data,
+                                          progress=lambda f, s: None))
+    shutil.copyfile(result.output_path, dst)
 
 
 # ---- measuring ------------------------------------------------------------------------------
