@@ -398,6 +398,12 @@ class Quantization(Part):
     excluded_op_types: list[str] | None = None
     # Nodes left float because calibration saw attention-mask values (-inf / finfo.min) there.
     mask_nodes: list[str] | None = None
+    # quantize.static's transformer recipe (smooth_alpha / mask_padding): SmoothQuant's alpha,
+    # how many activations it smoothed, and the attention-mask input whose padding was skipped.
+    smooth_alpha: float | None = None
+    mask_padding: bool | None = None
+    smoothed_tensors: int | None = None
+    mask_input: str | None = None
 
 
 class Nodes(Part):

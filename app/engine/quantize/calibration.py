@@ -82,6 +82,30 @@ def static(stage: Staged, dst: Path, *, reader: Calibration, calibration: str, p
          op_types=op_types, exclude=list(exclude), only=list(only) if only else None)
 
 
+def smooth_static(stage: Staged, dst: Path, *, reader: Calibration, alpha: float | None,
+                  mask_padding: bool, per_channel: bool, fmt: str, op_types: list[str],
+                  exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """The transformer recipe (SmoothQuant with ``alpha``, padding left out of the ranges with
+    ``mask_padding``) on the staged model, in the killable child: ``smooth.integer_w8a8`` for
+    ``fmt`` "integer", else ``smooth.static_w8a8`` (onnxruntime's quantizer)."""
+    return run_quantizer(stage, dst, "static",
+         "try without smooth_alpha and mask_padding, or exclude_op_types for the ops it fails on",
+         _smooth_static, stage.path, dst, reader=reader, alpha=alpha, mask_padding=mask_padding,
+         per_channel=per_channel, fmt=fmt, op_types=list(op_types), exclude=list(exclude))
+
+
+def _smooth_static(src: Path, dst: Path, *, reader: Calibration, alpha: float | None,
+                   mask_padding: bool, per_channel: bool, fmt: str, op_types: list[str],
+                   exclude: list[str]) -> dict[str, Any]:
+    from app.engine.quantize.smooth import integer_w8a8, static_w8a8
+
+    feeds = list(iter(reader.reader().get_next, None))
+    if fmt == "integer":
+        return integer_w8a8(src, dst, feeds, alpha=alpha, mask_padding=mask_padding, exclude=exclude)
+    return static_w8a8(src, dst, feeds, alpha=alpha, mask_padding=mask_padding,
+                       per_channel=per_channel, fmt=fmt, op_types=op_types, exclude=exclude)
+
+
 # |x| at or above this is no activation but an attention mask's "minus infinity" (-inf, or
 # torch.finfo(float32).min that transformers add to masked scores): such values would stretch a
 # tensor's range over 1e38 (minmax: a useless scale; entropy/percentile: numpy refuses to bin it).
