@@ -486,6 +486,8 @@ class Candidate(Part):
     float_layers: int | None = None
     phase: str | None = Field(default=None, description="whole_model or bisection.")
     skipped: str | None = Field(default=None, description="Why it was not tried.")
+    failed: str | None = Field(default=None, description="Why the quantizer could not build it "
+                               "(the search went on to the next candidate).")
     samples: int | None = None
     mean_cosine: float | None = None
     cosine_min: float | None = Field(default=None, description="Lowest per-sample cosine.")

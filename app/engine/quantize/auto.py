@@ -44,8 +44,11 @@ class QuantizeAutoParams(StaticOptions):
     min_seconds: float = measure_default("min_seconds", 0.1)
     modes: list[Mode] | None = Field(
         default=None, min_length=1, max_length=2,
-        description="Quantization modes to try. null: static and dynamic for models with "
-        "convolutions (dynamic ConvInteger is slow on CPU), dynamic only otherwise.",
+        description="Quantization modes to try. null: static, then dynamic, for models with "
+        "convolutions (dynamic ConvInteger is slow on CPU) or whose only compute layers are "
+        "MatMuls (transformers: static is then quantize.static's 'integer' recipe, "
+        "MatMulIntegerToFloat with padding left out of the ranges, per-channel only, an "
+        "onnxruntime contrib op); dynamic only otherwise (e.g. Gemm MLPs).",
         json_schema_extra={"examples": [None, ["dynamic", "static"]]},
     )
     per_channel: list[bool] = Field(
@@ -107,7 +110,13 @@ class QuantizeAuto(Technique):
                         "reduce_range": params.reduce_range, "float_layers": chosen["excluded"],
                         "preprocess": found["preprocess"], "opset": found["opset"],
                         "excluded_nodes": found["base_exclude"] + chosen["excluded"]}
-        if chosen["mode"] == "static":
+        if chosen["mode"] == "static" and found["integer_static"]:
+            quantization.update(calibration="minmax", format="integer", activation_type="uint8",
+                                mask_padding=True)
+            found["notes"].append("static INT8 without convolutions uses the transformer recipe "
+                                  "(quantize.static format 'integer'): MatMulIntegerToFloat, an "
+                                  "onnxruntime contrib op, so the file needs onnxruntime to run")
+        elif chosen["mode"] == "static":
             quantization.update(calibration=params.calibration, format="qdq",
                                 activation_type=params.activation_type)
         report = build_report(

@@ -27,7 +27,7 @@ from typing import Any
 
 from app.engine.data.feeds import FeedSource
 from app.engine.base import Context
-from app.engine.errors import ToleranceNotMet
+from app.engine.errors import ToleranceNotMet, UnsupportedModel
 
 LAYER_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention")
 # Expected speed of a mode, higher is faster. Static integer kernels need no per-call
@@ -54,11 +54,17 @@ class Phases:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
 
 
-def plan(modes: list[str], per_channel: list[bool], has_conv: bool) -> list[dict[str, Any]]:
-    """Whole-model candidates, fastest expected first; per-channel first within a tier."""
+def plan(modes: list[str], per_channel: list[bool], has_conv: bool,
+         integer: bool = False) -> list[dict[str, Any]]:
+    """Whole-model candidates, fastest expected first; per-channel first within a tier. With
+    ``integer`` (MatMuls are the only compute layers: transformers), static means the integer
+    recipe (``smooth.integer_w8a8``: MatMulIntegerToFloat, padding-free ranges), which has
+    per-channel weights only."""
     out = []
     for mode in modes:
         for pc in per_channel:
+            if mode == "static" and integer and not pc:
+                continue
             speed = SLOW_WITH_CONV.get(mode, SPEED[(mode, pc)]) if has_conv else SPEED[(mode, pc)]
             out.append({"name": f"{mode}-{'per-channel' if pc else 'per-tensor'}", "mode": mode,
                         "per_channel": pc, "speed": speed})
@@ -80,9 +86,13 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         parent_session = create_session(ctx.model_path, max(params.threads), ctx.device)[0]
         specs = input_specs(parent_session)
         labels = load_labels(ctx.dataset_path, feeds.samples(specs))
-        has_conv = "Conv" in op_counts(ctx.model_path)
-        modes = params.modes or (["static", "dynamic"] if has_conv else ["dynamic"])
-        order = plan(modes, params.per_channel, has_conv)
+        ops = op_counts(ctx.model_path)
+        has_conv = "Conv" in ops
+        # The integer recipe quantizes MatMuls with constant weights, nothing else: only where
+        # those are all the compute layers (transformers) does it stand for "static".
+        integer = not has_conv and "Gemm" not in ops and "MatMul" in ops
+        modes = params.modes or (["static", "dynamic"] if has_conv or integer else ["dynamic"])
+        order = plan(modes, params.per_channel, has_conv, integer)
         tolerance = params.tolerance(labels is not None)
     with contextlib.ExitStack() as stack:
         stage = base = layers = None
@@ -93,6 +103,15 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                         weight_type="int8", exclude=base + list(exclude), only=only)
             if cand["mode"] == "dynamic":
                 ort_quant.dynamic(stage, dst, op_types=None, **opts)
+            elif integer:  # the transformer recipe; ``only`` as its complement
+                float_too = [n["name"] for n in layers if n["name"] not in only] if only else []
+                done = ort_static.smooth_static(
+                    stage, dst, reader=ort_static.calibration_reader(feeds, specs, params.samples),
+                    alpha=None, mask_padding=True, per_channel=True, fmt="integer", op_types=["MatMul"],
+                    exclude=base + list(exclude) + float_too)
+                if not done["quantized"] and not only and not exclude:  # a group of Gathers may
+                    raise UnsupportedModel("the integer recipe found no MatMul with a constant "
+                                           "weight to quantize")
             else:
                 ort_static.static(
                     stage, dst, reader=ort_static.calibration_reader(feeds, specs, params.samples),
@@ -115,7 +134,15 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
             if not layers:
                 raise nothing_to_quantize(ctx.model_path, list(LAYER_OPS), "quantize.auto",
                                           params.preprocess)
-            return build(order[0], scratch / f"{order[0]['name']}-0.onnx")
+            return attempt(order[0], scratch / f"{order[0]['name']}-0.onnx")
+
+        def attempt(cand: dict, dst: Path) -> Path | UnsupportedModel:
+            """A whole-model candidate, or why the quantizer refused it: the search goes on to
+            the next one (e.g. the integer recipe on an export it cannot read)."""
+            try:
+                return build(cand, dst)
+            except UnsupportedModel as exc:
+                return exc
 
         ctx.progress(0.03, "scoring parent")
         with concurrent.futures.ThreadPoolExecutor(1) as pool, phase("prepare"):
@@ -141,7 +168,10 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
                     rows.append({**row, "skipped": f"{winner['name']} already meets the "
                                  "tolerance and is expected at least as fast"})
                     continue
-                path = first_path if i == 0 else build(cand, scratch / f"{cand['name']}-0.onnx")
+                path = first_path if i == 0 else attempt(cand, scratch / f"{cand['name']}-0.onnx")
+                if isinstance(path, UnsupportedModel):
+                    rows.append({**row, "failed": str(path)})
+                    continue
                 evaluation = scorer.evaluate(path)
                 rows.append({**row, **scorer.figures(evaluation)})
                 cand["score"] = rows[-1]
@@ -154,7 +184,10 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         if not finalists:
             # Per tier, the variant that came closest bisects; one ranking serves them all.
             tiers: dict[int, dict] = {}
-            for cand in order:
+            scored = [c for c in order if "score" in c]
+            if not scored:  # every quantizer refused the model: say why the first one did
+                raise UnsupportedModel(next(r["failed"] for r in rows if "failed" in r))
+            for cand in scored:
                 best = tiers.get(cand["speed"])
                 if best is None or _badness(cand["score"]) < _badness(best["score"]):
                     tiers[cand["speed"]] = cand
@@ -223,6 +256,7 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         "evaluation": evaluations[chosen["name"]], "candidates": rows,
         "sensitivity": sensitivity, "preprocess": preprocess, "opset": opset,
         "base_exclude": base, "op_types": sorted({n["op_type"] for n in layers}),
+        "integer_static": integer,
         "search": {"phases": phase.seconds, "sensitivity_ran": sensitivity is not None,
                    "order": [c["name"] for c in order],
                    "finalists": [f["name"] for f in finalists], "timing": grid["timing"]},

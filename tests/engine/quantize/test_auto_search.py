@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from pydantic import ValidationError
 
 from app.engine.measure.speedup import MIN_ROUNDS
@@ -40,6 +41,43 @@ def test_candidates_fastest_expected_first():
     dense = plan(["dynamic"], [False, True], has_conv=False)
     assert [c["name"] for c in dense] == ["dynamic-per-channel", "dynamic-per-tensor"]
     assert dense[0]["speed"] == dense[1]["speed"]
+    # without convolutions static is the integer recipe: per-channel weights only
+    both = [c["name"] for c in plan(["static", "dynamic"], [False, True], has_conv=False, integer=True)]
+    assert both == ["static-per-channel", "dynamic-per-channel", "dynamic-per-tensor"]
+
+
+def _encoder_block(path):
+    """Linear layers on (batch, tokens, features): exported as MatMul + Add, as transformers are."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 16)).eval()
+    torch.onnx.export(net, (torch.randn(2, 8, 16),), str(path), input_names=["x"], dynamo=False,
+                      dynamic_axes={"x": {0: "b"}})
+    return path
+
+
+def test_a_transformer_like_model_tries_the_integer_recipe_first(tmp_path):
+    path = _encoder_block(tmp_path / "block.onnx")
+    assert {"MatMul"} <= {n.op_type for n in onnx.load(str(path)).graph.node} and not {
+        "Gemm", "Conv"} & {n.op_type for n in onnx.load(str(path)).graph.node}
+    x = np.random.default_rng(0).standard_normal((300, 8, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    params = QuantizeAutoParams(min_cosine=0.98, **FAST)  # modes: the default
+    report = run(QuantizeAuto, path, params, tmp_path / "w", tmp_path / "x.npz").report
+    first = report["candidates"][0]
+    assert report["search"]["order"] == ["static-per-channel", "dynamic-per-channel", "dynamic-per-tensor"]
+    assert first["name"] == "static-per-channel" and first["meets_tolerance"] and first["chosen"]
+    q = report["quantization"]
+    assert (q["mode"], q["format"], q["mask_padding"], q["per_channel"]) == ("static", "integer", True, True)
+    ops = [n.op_type for n in onnx.load(str(report_path(tmp_path))).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and "MatMul" not in ops and "DynamicQuantizeLinear" not in ops
+    assert any("contrib op" in n for n in report["notes"])
+    assert cosine(outputs(report_path(tmp_path), x[:64]), outputs(path, x[:64])).mean() >= 0.98
+
+
+def test_a_gemm_model_keeps_dynamic_only_by_default(outlier, tmp_path):
+    path, _, data, _ = outlier  # Linear on (batch, features): Gemm, which the integer recipe leaves alone
+    report = run(QuantizeAuto, path, QuantizeAutoParams(min_cosine=0.9, **FAST), tmp_path / "w", data).report
+    assert report["search"]["order"] == ["dynamic-per-channel", "dynamic-per-tensor"]
 
 
 def test_timing_overturns_the_expected_order_only_when_the_interval_says_so():
