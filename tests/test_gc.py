@@ -142,18 +142,18 @@ def test_sweep_racing_an_upload_keeps_its_file(gc_env):
             go.wait()  # set below, in a finally
             session.commit()
 
-    uploader = threading.Thread(target=upload)
+    uploader = threading.Thread(target=upload, daemon=True)
     uploader.start()
-    assert claimed.wait(60)
-    # Past the grace period (0 s) by the store's clock too (S3's LastModified counts whole seconds),
-    # and in the store's listing (an S3 server's listing may lag its writes).
-    while (time.time() < gc_env.store.stat(uploaded["uri"]).mtime + 1.5
-           or uploaded["uri"] not in {uri for uri, _ in gc_env.store.blobs()}):
-        time.sleep(0.1)
     swept: dict = {}
-    sweeper = threading.Thread(target=lambda: swept.update(result=sweep(gc_env.engine, gc_env.store, 0)))
-    sweeper.start()
+    sweeper = threading.Thread(target=lambda: swept.update(result=sweep(gc_env.engine, gc_env.store, 0)), daemon=True)
     try:
+        assert claimed.wait(60)
+        # Past the grace period (0 s) by the store's clock too (S3's LastModified counts whole
+        # seconds), and in the store's listing (an S3 server's listing may lag its writes).
+        while (time.time() < gc_env.store.stat(uploaded["uri"]).mtime + 1.5
+               or uploaded["uri"] not in {uri for uri, _ in gc_env.store.blobs()}):
+            time.sleep(0.1)
+        sweeper.start()
         with gc_env.engine.connect() as conn:  # the sweep is waiting for the upload's row lock
             while not conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                         "AND datname = current_database()")).scalar():
@@ -162,7 +162,8 @@ def test_sweep_racing_an_upload_keeps_its_file(gc_env):
     finally:
         go.set()
         uploader.join(60)
-        sweeper.join(60)
+        if sweeper.is_alive():
+            sweeper.join(60)
     uri = uploaded["uri"]
     assert uri not in swept["result"].files
     assert gc_env.exists(uri)
