@@ -155,8 +155,12 @@ def test_sweep_racing_an_upload_keeps_its_file(gc_env):
             time.sleep(0.1)
         sweeper.start()
         with gc_env.engine.connect() as conn:  # the sweep is waiting for the upload's row lock
-            while not conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                        "AND datname = current_database()")).scalar():
+            while True:
+                waiting = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                            "AND datname = current_database()")).scalar()
+                conn.rollback()  # pg_stat_activity is a snapshot per transaction: a new one each time
+                if waiting:
+                    break
                 assert sweeper.is_alive(), f"the sweep finished without waiting for the upload: {swept}"
                 time.sleep(0.05)
     finally:
