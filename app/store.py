@@ -241,6 +241,8 @@ class _S3Reader:
                 self.body = self.store.client.get_object(Bucket=self.store.bucket, Key=self.key,
                                                          Range=f"bytes={self.pos}-")["Body"]
             except Exception as exc:
+                if getattr(exc, "response", {}).get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # at (or past) the end: an empty object, or a read after the last byte
                 raise _s3_error(exc, "read an artifact") from None
         chunk = self.body.read(size)
         self.pos += len(chunk)
