@@ -173,3 +173,25 @@ def test_sweep_racing_an_upload_keeps_its_file(gc_env):
     assert gc_env.exists(uri)
     with Session(gc_env.engine) as s:
         assert s.query(ModelRecord).filter_by(uri=uri).count() == 1
+
+
+def test_worker_sweeps_periodically(tmp_path):
+    """Each worker's main process sweeps every LATHE_GC_INTERVAL_S (here on the embedded SQLite
+    deployment): an orphan goes without anyone running `lathe gc`."""
+    from tests.conftest import _start_worker, _stop, deploy
+
+    (tmp_path / "data").mkdir()
+    with deploy("embedded", tmp_path / "data", LATHE_GC_INTERVAL_S="1", LATHE_GC_GRACE_S="0") as d:
+        store = open_store(d.settings)
+        path = tmp_path / "orphan"
+        path.write_bytes(os.urandom(1000))
+        uri = store.put(store.stage_file(path))
+        worker = _start_worker(d.env, tmp_path / "worker.log")
+        try:
+            deadline = time.monotonic() + 120
+            while store.stat(uri) is not None:
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no sweep removed the orphan within 2 minutes"
+                time.sleep(0.2)
+        finally:
+            _stop(worker)
