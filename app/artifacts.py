@@ -20,13 +20,13 @@ from sqlalchemy.orm import Session
 from app import blobs, idempotency
 from app.errors import Conflict, PayloadTooLarge
 from app.records import JobRecord
-from app.store import LocalStore, Staged, TooLarge
+from app.store import Store, Staged, TooLarge
 
 T = TypeVar("T")
 
 
 @contextmanager
-def ingest(session: Session, store: LocalStore, upload: UploadFile, limit: int,
+def ingest(session: Session, store: Store, upload: UploadFile, limit: int,
            validate: Callable[[Path], T]) -> Iterator[tuple[Staged, str, T]]:
     upload.file.seek(0)
     try:
@@ -47,7 +47,7 @@ def upload_fingerprint(upload: UploadFile, name: str | None, sha256: str | None 
     return idempotency.fingerprint(file_sha256=sha256, name=name, filename=upload.filename)
 
 
-def delete_stored(session: Session, store: LocalStore, record: Any, jobs_column: Any, what: str) -> None:
+def delete_stored(session: Session, store: Store, record: Any, jobs_column: Any, what: str) -> None:
     """Delete a model or dataset row; its blob goes once no row of either kind shares the content."""
     busy = session.scalar(select(func.count()).select_from(JobRecord).where(
         jobs_column == record.id, JobRecord.status.in_(("queued", "running"))))

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.db import after_commit, after_rollback, utcnow
 from app.records import BlobRecord, DatasetRecord, ModelRecord
-from app.store import LocalStore, Staged
+from app.store import Store, Staged
 
 log = logging.getLogger("lathe.blobs")
 REFERENCING = (ModelRecord, DatasetRecord)
@@ -37,7 +37,7 @@ def _lock(session: Session, uri: str) -> None:
     session.execute(stmt.on_conflict_do_update(index_elements=[BlobRecord.uri], set_={"uri": stmt.excluded.uri}))
 
 
-def put(session: Session, store: LocalStore, staged: Staged) -> str:
+def put(session: Session, store: Store, staged: Staged) -> str:
     """Store a staged file for a record this transaction is about to insert; returns its URI.
     If the transaction rolls back, the file goes again unless another row references it."""
     uri = store.uri(staged.sha256)
@@ -47,7 +47,7 @@ def put(session: Session, store: LocalStore, staged: Staged) -> str:
     return uri
 
 
-def release(session: Session, store: LocalStore, uri: str) -> None:
+def release(session: Session, store: Store, uri: str) -> None:
     """A record referencing ``uri`` is being deleted: once that commits, remove the file if it was
     the last reference."""
     after_commit(session, lambda bind=session.get_bind(): collect(bind, store, uri))
@@ -57,7 +57,7 @@ def referenced(session: Session, uri: str) -> bool:
     return any(session.scalar(select(func.count()).select_from(r).where(r.uri == uri)) for r in REFERENCING)
 
 
-def collect(bind: Engine, store: LocalStore, uri: str) -> bool:
+def collect(bind: Engine, store: Store, uri: str) -> bool:
     """Remove the file (and its row) if nothing references it; True if removed. Runs after the
     caller's transaction ended, so it never raises: a failure leaves garbage, which is logged."""
     try:

@@ -1,4 +1,4 @@
-"""The ``lathe`` command: serve (embedded default), migrate, api, worker, keys.
+"""The ``lathe`` command: serve (embedded default), migrate, api, worker, keys, gc.
 
 With the client package installed (``pip install ./client``), also its job commands: models,
 datasets, techniques, jobs (lathe_client.cli).
@@ -160,6 +160,26 @@ def worker(args: argparse.Namespace) -> None:
     ])
 
 
+def gc(args: argparse.Namespace) -> None:
+    """One garbage-collection sweep of the artifact store (app/gc.py)."""
+    from app.db import make_engine
+    from app.gc import sweep
+    from app.store import StoreUnavailable, open_store
+
+    settings = _existing(args)
+    grace = settings.gc_grace_s if args.grace is None else args.grace
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        result = sweep(engine, open_store(settings), grace, dry_run=args.dry_run)
+    except StoreUnavailable as exc:
+        raise SystemExit(str(exc)) from None
+    finally:
+        engine.dispose()
+    for uri in result.files + result.rows:
+        print(f"{'would remove' if args.dry_run else 'removed'} {uri}")
+    print(f"{result.summary(args.dry_run)} (grace {grace:g} s)")
+
+
 def openapi(args: argparse.Namespace) -> None:
     """The typed OpenAPI document on stdout (docs/openapi.json is this output)."""
     import json
@@ -263,6 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int)
     p.add_argument("--ready-file", help="touched once the worker consumes jobs, then every 10 s (lathe serve and healthchecks watch it)")
     p.set_defaults(fn=worker)
+
+    p = sub.add_parser("gc", parents=[common], help="remove stored files, blob rows and staging files nothing references")
+    p.add_argument("--grace", type=float, help="keep what is younger than this many seconds (default $LATHE_GC_GRACE_S)")
+    p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    p.set_defaults(fn=gc)
 
     p = sub.add_parser("openapi", help="print the OpenAPI document (docs/openapi.json)")
     p.set_defaults(fn=openapi)

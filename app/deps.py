@@ -15,7 +15,7 @@ from app import logs
 from app.db import transaction
 from app.errors import Unauthorized
 from app.settings import Settings
-from app.store import LocalStore
+from app.store import Store
 from app.tenants.service import Tenant
 
 
@@ -36,7 +36,7 @@ async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def _store(request: Request) -> LocalStore:
+async def _store(request: Request) -> Store:
     return request.app.state.store
 
 
@@ -45,7 +45,7 @@ async def _celery(request: Request) -> Celery:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-StoreDep = Annotated[LocalStore, Depends(_store)]
+StoreDep = Annotated[Store, Depends(_store)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `lathe keys create --tenant NAME`.")

@@ -16,6 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.headers import SECURITY_HEADERS
+from app.store import StoreUnavailable
 
 PROBLEM = "application/problem+json"
 
@@ -153,6 +154,12 @@ def install(app: FastAPI) -> None:
         # The pool pre-pings and reconnects: once the database is back, the next request works.
         return problem(503, "database_unavailable", "Database unavailable",
                        "The database is unreachable; retry shortly.", request.url.path, {"Retry-After": "5"})
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        # Wrong endpoint or credentials, a missing bucket: the message names which (never a secret).
+        return problem(503, "store_unavailable", "Artifact store unavailable", str(exc), request.url.path,
+                       {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

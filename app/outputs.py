@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app import blobs
 from app.models.formats import inspect_model
 from app.records import ModelRecord, clean_name
-from app.store import LocalStore, Staged
+from app.store import Store, Staged
 
 
 def model_record(tenant_id: str, name: str, staged: Staged, uri: str, info: dict[str, Any], **lineage: Any) -> ModelRecord:
@@ -22,7 +22,7 @@ def model_record(tenant_id: str, name: str, staged: Staged, uri: str, info: dict
     )
 
 
-def register_output(session: Session, store: LocalStore, parent: ModelRecord, job_id: str, path: Path, name: str) -> ModelRecord:
+def register_output(session: Session, store: Store, parent: ModelRecord, job_id: str, path: Path, name: str) -> ModelRecord:
     """Record a model a job wrote (the worker clears an earlier attempt's records first)."""
     staged = store.stage_file(path)
     info = inspect_model(path)

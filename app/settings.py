@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlparse
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,10 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker; default: filesystem transport in the data dir.")
     broker_key_prefix: str = Field("", description="Prefix for every Redis key the broker writes (isolates deployments sharing one Redis).")
     artifacts_dir: Path | None = Field(None, description="Content-addressed artifact folder; default: <data dir>/artifacts.")
+    artifacts_url: str | None = Field(None, description="Where artifacts live: s3://BUCKET[/PREFIX] (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION; the artifacts folder then holds staging and a local cache) or file:///PATH; default: the artifacts folder.")
+    s3_multipart_threshold_bytes: int = Field(64 * MiB, ge=5 * MiB, description="S3 uploads larger than this go multipart (in parts of this size).")
+    gc_interval_s: float = Field(3600.0, ge=0, description="How often each worker's main process sweeps the store for unreferenced files (0: never; `lathe gc` runs one sweep).")
+    gc_grace_s: float = Field(3600.0, ge=0, description="Garbage collection leaves files, blob rows and staging files younger than this (an upload may still be writing them).")
     max_model_bytes: int = Field(1024 * MiB, description="Largest model upload accepted (413 above).")
     max_dataset_bytes: int = Field(512 * MiB, description="Largest dataset upload accepted (413 above).")
     max_dataset_uncompressed_bytes: int = Field(2048 * MiB, description="Largest total size of a dataset's arrays once unpacked.")
@@ -64,6 +69,13 @@ class Settings(BaseSettings):
             return [float(v) for v in text.split(",") if v.strip()]
         return value
 
+    @field_validator("artifacts_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value and not (value.startswith("file:///") or (value.startswith("s3://") and len(value) > len("s3://"))):
+            raise ValueError("must be s3://BUCKET[/PREFIX] or file:///PATH")
+        return value or None
+
     @cached_property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
@@ -82,6 +94,9 @@ class Settings(BaseSettings):
 
     @property
     def artifact_root(self) -> Path:
+        """The local artifacts folder: the store itself, or the S3 store's staging and cache."""
+        if self.artifacts_url and self.artifacts_url.startswith("file://"):
+            return Path(unquote(urlparse(self.artifacts_url).path)).resolve()
         return (self.artifacts_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
 
     @property

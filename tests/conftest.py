@@ -128,6 +128,36 @@ def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
                 print((data_dir / "worker.log").read_text()[-5000:])
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) with a bucket; skipped locally without `weed`, failed under CI."""
+    from tests.support.seaweed import WeedUnavailable, seaweed, unavailable
+
+    try:
+        with seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+            yield server
+    except WeedUnavailable as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def s3_deployment(s3_server, tmp_path_factory) -> Iterator[Deployment]:
+    """PostgreSQL + Redis + a worker, artifacts in the S3 bucket (LATHE_ARTIFACTS_URL). The AWS
+    variables are set in this process too: the in-process API's store reads them."""
+    data_dir = tmp_path_factory.mktemp("lathe-s3")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s3_server.env.items():
+            mp.setenv(k, v)
+        with deploy("postgres", data_dir, LATHE_ARTIFACTS_URL=f"s3://{s3_server.bucket}/deploy") as d:
+            worker = _start_worker(d.env, data_dir / "worker.log")
+            try:
+                yield d
+            finally:
+                _stop(worker)
+                if worker.returncode not in (0, -15):
+                    print((data_dir / "worker.log").read_text()[-5000:])
+
+
 @pytest.fixture
 def api(deployment: Deployment) -> _Authed:
     return deployment.new_client()

@@ -140,7 +140,8 @@ def test_gpu_worker_is_opt_in_and_runs_onnxruntime_on_the_gpu(rendered):
     image swaps onnxruntime for onnxruntime-gpu, so ORT jobs on the gpu queue use CUDA."""
     svc = rendered["services"]
     assert svc["worker-gpu"].get("profiles") == ["gpu"]
-    assert [n for n, s in svc.items() if s.get("profiles") and n != "worker-gpu"] == []
+    assert {n: s["profiles"] for n, s in svc.items() if s.get("profiles") and n != "worker-gpu"} == {
+        "seaweedfs": ["s3"], "seaweedfs-bucket": ["s3"]}  # the opt-in S3 store
     assert (svc["worker-gpu"]["build"].get("args") or {}).get("ORT_PACKAGE") == "onnxruntime-gpu"
     assert "ARG ORT_PACKAGE=onnxruntime" in DOCKERFILE.read_text()
 
@@ -209,6 +210,23 @@ def test_startup_order_and_api(rendered):
     for name in ("postgres", "redis", "api"):
         assert (svc[name].get("healthcheck") or {}).get("test"), f"{name} has no healthcheck"
     assert ("8000", "8000") in _ports(svc["api"])
+
+
+def test_s3_store_is_opt_in_and_wired(rendered):
+    """`--profile s3` adds SeaweedFS (`server -s3`); its settings for api and workers are written
+    out, commented, in x-lathe-env, so the default stack keeps the local artifact volume."""
+    svc = rendered["services"]
+    weed = svc["seaweedfs"]
+    assert weed["image"].startswith("chrislusf/seaweedfs") and _command(weed)[:2] == ["server", "-dir=/data"]
+    assert "-s3" in _command(weed) and any(c.startswith("-s3.config=") for c in _command(weed))
+    for name in LATHE_SERVICES:
+        assert "LATHE_ARTIFACTS_URL" not in _env(svc[name])  # the default: the shared volume
+    text = COMPOSE_FILE.read_text()
+    for line in ("# LATHE_ARTIFACTS_URL: s3://lathe", "# AWS_ENDPOINT_URL: http://seaweedfs:8333",
+                 "# AWS_ACCESS_KEY_ID: lathe", "# AWS_SECRET_ACCESS_KEY: lathe-local-secret"):
+        assert line in text, line
+    config = json.loads((ROOT / "seaweedfs-s3.json").read_text())
+    assert {"accessKey": "lathe", "secretKey": "lathe-local-secret"} in config["identities"][0]["credentials"]
 
 
 # -- Dockerfile checks (no docker-compose needed) -----------------------------------------------

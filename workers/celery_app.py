@@ -38,6 +38,7 @@ def _own_multiprocessing_identity(**_) -> None:
 
 
 _dispatcher = None
+_collector = None
 
 
 @worker_ready.connect
@@ -53,7 +54,27 @@ def _start_webhook_dispatcher(**_) -> None:
     _dispatcher.start()
 
 
+@worker_ready.connect
+def _start_garbage_collector(**_) -> None:
+    """The store's periodic sweep (app/gc.py), also from the main process: every host that runs
+    workers has a staging folder (and, on S3, a cache) of its own to sweep, `lathe serve` included;
+    the API stays free of it. Sweeps of several workers are safe together (row locks), and each
+    starts at a random point of its interval."""
+    global _collector
+    from app.db import make_engine
+    from app.gc import Collector
+    from app.store import open_store
+
+    settings = Settings()
+    if settings.gc_interval_s > 0:
+        _collector = Collector(make_engine(settings.sqlalchemy_url), open_store(settings), settings.gc_interval_s,
+                               settings.gc_grace_s)
+        _collector.start()
+
+
 @worker_shutdown.connect
 def _stop_webhook_dispatcher(**_) -> None:
     if _dispatcher is not None:
         _dispatcher.stop()
+    if _collector is not None:
+        _collector.stop()

@@ -30,7 +30,7 @@ from app.jobs.errors import ArtifactMissing, InvalidStoredParams, JobErrorType, 
 from app.outputs import register_output
 from app.records import DatasetRecord, JobRecord, ModelRecord
 from app.settings import Settings
-from app.store import open_store
+from app.store import StoreUnavailable, open_store
 from workers.guard import JobGuard, JobStopped
 
 log = logging.getLogger("lathe.worker")
@@ -43,7 +43,7 @@ T = TypeVar("T")
 def _resources():
     settings = Settings()
     settings.ensure_dirs()
-    return settings, make_sessionmaker(make_engine(settings.sqlalchemy_url)), open_store(settings.artifact_root)
+    return settings, make_sessionmaker(make_engine(settings.sqlalchemy_url)), open_store(settings)
 
 
 def _db(sessions, fn: Callable, *args) -> T:
@@ -77,11 +77,12 @@ def _claim(s, slot: str) -> str | None:
 
 
 def _artifact(store, record, what: str) -> Path:
-    path = store.path(record.uri)
-    if not path.is_file():
+    """A local file for the engine: the stored file, or a verified copy of the S3 object."""
+    try:
+        return store.local_path(record.uri)
+    except FileNotFoundError:
         raise ArtifactMissing(f"The file of {what} {record.id!r} is missing from the artifact store; upload it again "
-                              "and queue a new job.")
-    return path
+                              "and queue a new job.") from None
 
 
 def _load(s, job_id: str) -> Loaded:
@@ -183,7 +184,8 @@ def run_job(slot: str) -> None:
         return
     except Exception as exc:
         log.exception("job %s could not be loaded", job_id)
-        _db(sessions, transitions.fail, job_id, JobErrorType.INTERNAL_ERROR, f"Loading the job failed: {type(exc).__name__}")
+        why = f" ({exc})" if isinstance(exc, StoreUnavailable) else ""  # its message names the cause, no secret
+        _db(sessions, transitions.fail, job_id, JobErrorType.INTERNAL_ERROR, f"Loading the job failed: {type(exc).__name__}{why}")
         return
     workdir = settings.resolved_data_dir / "work" / job_id
     shutil.rmtree(workdir, ignore_errors=True)  # left by an earlier attempt whose worker died

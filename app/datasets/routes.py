@@ -64,7 +64,7 @@ def get_dataset(dataset_id: str, tenant: TenantDep, session: SessionDep) -> Data
 def download_dataset(dataset_id: str, request: Request, tenant: TenantDep, session: SessionDep, store: StoreDep) -> Response:
     record = get_owned(session, DatasetRecord, tenant.id, dataset_id, "dataset")
     filename = record.name if record.name.endswith(".npz") else f"{record.name}.npz"
-    return file_response(request, store.path(record.uri), record.sha256, filename, "application/octet-stream")
+    return file_response(request, store, record.uri, record.sha256, filename, "application/octet-stream")
 
 
 @router.delete("/{dataset_id}", status_code=204, responses={409: {"description": "Jobs still use this dataset."}, **ERRORS})

@@ -16,15 +16,16 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={
-    200: {"content": {"application/json": {"example": {"status": "ready", "database": "ok", "broker": "ok"}}}},
-    503: {"description": "The database or the broker is unreachable, or `lathe serve`'s worker is down (problem+json)."},
+    200: {"content": {"application/json": {"example": {"status": "ready", "database": "ok", "broker": "ok", "store": "ok"}}}},
+    503: {"description": "The database, the broker or the artifact store (its S3 endpoint, credentials or bucket) "
+                         "is unreachable, or `lathe serve`'s worker is down (problem+json)."},
 })
 def readyz(request: Request) -> JSONResponse:
-    """The database and the broker are reachable; under `lathe serve`, its worker consumes jobs too.
+    """The database, the broker and the artifact store are reachable; under `lathe serve`, its worker consumes jobs too.
 
     Only `lathe serve` owns a worker and knows its state (``worker``); `lathe api` leaves workers
     on other hosts to their own supervisor."""
-    checks = {"database": "ok", "broker": "ok"}
+    checks = {"database": "ok", "broker": "ok", "store": request.app.state.store.check()}
     try:
         with request.app.state.engine.connect() as conn:
             conn.execute(text("SELECT 1"))

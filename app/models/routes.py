@@ -75,7 +75,7 @@ def download_model(model_id: str, request: Request, tenant: TenantDep, session: 
     record = get_owned(session, ModelRecord, tenant.id, model_id, "model")
     suffix = {"onnx": ".onnx", "pt2": ".pt2", "keras": f".{record.meta.get('keras_file', 'keras')}"}.get(record.format, "")
     filename = record.name if record.name.endswith(suffix) else f"{record.name}{suffix}"
-    return file_response(request, store.path(record.uri), record.sha256, filename, "application/octet-stream")
+    return file_response(request, store, record.uri, record.sha256, filename, "application/octet-stream")
 
 
 @router.get("/{model_id}/lineage", response_model=LineageOut, responses=ERRORS)

@@ -13,12 +13,12 @@ from app.records import JobRecord, ModelRecord, clean_name
 from app.tenants.service import Tenant
 from app.repository import get_owned
 from app.settings import Settings
-from app.store import LocalStore, Staged
+from app.store import Store, Staged
 from app.artifacts import delete_stored, ingest
 from app.outputs import model_record
 
 
-def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tenant,
+def upload(session: Session, store: Store, settings: Settings, tenant: Tenant,
            file: UploadFile, name: str | None) -> ModelRecord:
     limits = functools.partial(inspect_model, max_nodes=settings.max_graph_nodes,
                                max_depth=settings.max_subgraph_depth)
@@ -29,6 +29,6 @@ def upload(session: Session, store: LocalStore, settings: Settings, tenant: Tena
     return record
 
 
-def delete(session: Session, store: LocalStore, tenant: Tenant, model_id: str) -> None:
+def delete(session: Session, store: Store, tenant: Tenant, model_id: str) -> None:
     record = get_owned(session, ModelRecord, tenant.id, model_id, "model")
     delete_stored(session, store, record, JobRecord.model_id, "model")

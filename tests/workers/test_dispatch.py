@@ -93,7 +93,7 @@ def test_a_job_that_cannot_be_loaded_fails_on_first_pickup(idle, workers, tmp_pa
                                newer: {"params": {**QUICK, plan.VERSION: 99}}}.items():
             s.execute(update(JobRecord).where(JobRecord.id == job_id).values(**values))
         uri = s.get(ModelRecord, lost).uri
-    open_store(idle.settings.artifact_root).path(uri).unlink()  # the store lost the model's file
+    open_store(idle.settings).local_path(uri).unlink()  # the store lost the model's file
 
     workers()
     expected = {retired_field: "invalid_stored_params", retired_technique: "invalid_stored_params",
