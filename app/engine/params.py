@@ -72,6 +72,13 @@ class MeasureParams(Params):
         "even if min_runs was not.",
         json_schema_extra={"examples": [30.0]},
     )
+    min_rounds: int = Field(
+        default=10, ge=6, le=10_000,
+        description="When models are compared: interleaved rounds at least (each model's runs "
+        "alternated). 6 is the fewest for which the median ratio has a 95% interval (then "
+        "from the lowest to the highest round); more rounds narrow it.",
+        json_schema_extra={"examples": [10]},
+    )
     ci_target: float | None = Field(
         default=None, gt=0.0, le=0.5,
         description="Keep timing a point until the 95% confidence interval of its p50 is "

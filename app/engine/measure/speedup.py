@@ -28,7 +28,7 @@ from app.engine.measure.stats import CI_CHECK_NS, CONFIDENCE, median, median_ci,
 
 THRESHOLD = 0.03  # a speedup under 3% is within the run-to-run noise of a shared CPU
 BUSY_FILL = 0.9  # share of the cores that, filled by others and us, makes the host "busy"
-MIN_ROUNDS = 10  # the median's 95% interval needs at least 6; 10 gives it some width to shrink
+MIN_ROUNDS = 6  # the fewest rounds for which the median's 95% interval exists (params.min_rounds: 10 by default)
 STARVED = 0.85  # this process got under 85% of the CPU time its wall time asked for
 SLOW_RUN_NS = 10_000_000  # runs over 10 ms: one per model per round, so rounds stay short
 
@@ -184,7 +184,7 @@ def time_paired(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_s
     95% interval, both ratios, the number of rounds and the ``speed_verdict``.
 
     Stops when every model has ``params.min_runs`` runs and ``params.min_seconds`` of timed
-    runs, there are at least MIN_ROUNDS rounds and (with ``params.ci_target``) every ratio's
+    runs, there are at least ``params.min_rounds`` rounds and (with ``params.ci_target``) every ratio's
     interval is within +-ci_target; or when ``params.max_runs`` per model or
     ``params.max_seconds`` per model (all models together) runs out."""
     from app.engine.runtime.sessions import run_session, short_reason
@@ -201,7 +201,8 @@ def time_paired(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_s
             slowest = max(slowest, time.perf_counter_ns() - t0)
     if chunk is None:
         chunk = 1 if slowest > SLOW_RUN_NS else 5
-    chunk = max(1, min(chunk, params.max_runs // MIN_ROUNDS))  # room for MIN_ROUNDS rounds
+    min_rounds = max(MIN_ROUNDS, getattr(params, "min_rounds", MIN_ROUNDS))
+    chunk = max(1, min(chunk, params.max_runs // min_rounds))  # room for min_rounds rounds
     wall: dict[str, list[int]] = {k: [] for k in labels}
     cpu: dict[str, list[int]] = {k: [] for k in labels}
     ratios: dict[str, list[float]] = {k: [] for k in labels if k != reference}
@@ -214,7 +215,7 @@ def time_paired(sessions: Mapping[str, Any], feed: Mapping[str, Any], *, batch_s
 
     def settled(now: int) -> bool:
         nonlocal next_ci
-        if rounds < MIN_ROUNDS or any(len(wall[k]) < params.min_runs or timed[k] < min_ns for k in labels):
+        if rounds < min_rounds or any(len(wall[k]) < params.min_runs or timed[k] < min_ns for k in labels):
             return False
         if params.ci_target is None:
             return True
