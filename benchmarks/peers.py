@@ -296,7 +296,7 @@ def table(model: str, artifacts: list[Artifact], timed: dict[str, Any], batch_si
 
 
 def _secs(seconds: float | None) -> str:
-    return "–" if seconds is None else f"{seconds:,.0f} s"
+    return "–" if seconds is None else f"{seconds:,.1f} s"
 
 
 def _md(text: str) -> str:
