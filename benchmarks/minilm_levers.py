@@ -47,7 +47,6 @@ import json
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -211,24 +210,9 @@ def prune(src: Path, dst: Path, tune: dict, ratio: float, work: Path) -> None:
     student.eval().requires_grad_(False)
     torch.save(student.state_dict(), work / f"pruned{int(ratio * 100)}-student.pt")
 
-    class SentenceEncoder(torch.nn.Module):  # as benchmarks/quantization.py's export_minilm
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = student
+    from benchmarks.quantization import ENCODER_INPUTS, export_encoder
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(h.dtype)
-            return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
-
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(SentenceEncoder().eval(), tuple(feeds[k][:2] for k in names), str(dst),
-                          input_names=names, output_names=["sentence_embedding"], opset_version=17,
-                          dynamo=False, dynamic_axes={**{k: {0: "batch", 1: "sequence"} for k in names},
-                                                      "sentence_embedding": {0: "batch"}})
+    export_encoder(student, tuple(feeds[k][:2] for k in ENCODER_INPUTS), dst)
 
 
 def lathe_static(src: Path, dst: Path, tune: dict, recipe: str, work: Path) -> None:

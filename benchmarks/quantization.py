@@ -98,6 +98,24 @@ def export_minilm(out: Path, texts: list[str] | None = None, length: int | None 
     tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
     bert = AutoModel.from_pretrained(src, local_files_only=True).eval()
 
+    names = ENCODER_INPUTS
+    padding = {"padding": "max_length", "max_length": length, "truncation": True} if length else {"padding": True}
+    enc = tok(texts or sentences(), return_tensors="np", **padding)
+    data = out / "sentences.npz"
+    np.savez(data, **{k: enc[k].astype(np.int64) for k in names})
+    path = out / "minilm.onnx"
+    export_encoder(bert, tuple(torch.tensor(enc[k][:2]) for k in names), path)
+    return path, data
+
+
+ENCODER_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def export_encoder(bert, args: tuple, path: Path) -> None:
+    """A Hugging Face BERT as a sentence encoder (mean over real tokens, L2-normalised), exported
+    with TorchScript at opset 17, dynamic batch and sequence; ``args`` in ENCODER_INPUTS order."""
+    import torch
+
     class SentenceEncoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -110,20 +128,13 @@ def export_minilm(out: Path, texts: list[str] | None = None, length: int | None 
             pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
 
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    padding = {"padding": "max_length", "max_length": length, "truncation": True} if length else {"padding": True}
-    enc = tok(texts or sentences(), return_tensors="np", **padding)
-    data = out / "sentences.npz"
-    np.savez(data, **{k: enc[k].astype(np.int64) for k in names})
-    path = out / "minilm.onnx"
-    args = tuple(torch.tensor(enc[k][:2]) for k in names)
-    with warnings.catch_warnings():
+    names = ENCODER_INPUTS
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(SentenceEncoder().eval(), args, str(path), input_names=names,
                           output_names=["sentence_embedding"], opset_version=17, dynamo=False,
                           dynamic_axes={**{k: {0: "batch", 1: "sequence"} for k in names},
                                         "sentence_embedding": {0: "batch"}})
-    return path, data
 
 
 def jobs_for(kind: str) -> list[tuple[str, str, dict]]:

@@ -115,17 +115,24 @@ def deploy(kind: str, data_dir: Path, **extra_env: str) -> Iterator[Deployment]:
             yield Deployment(kind, settings, env, client)
 
 
+@contextmanager
+def _worker(d: Deployment, data_dir: Path) -> Iterator[None]:
+    """A real worker process for the deployment, stopped after; its log tail printed if it
+    ended badly."""
+    worker = _start_worker(d.env, data_dir / "worker.log")
+    try:
+        yield
+    finally:
+        _stop(worker)
+        if worker.returncode not in (0, -15):
+            print((data_dir / "worker.log").read_text()[-5000:])
+
+
 @pytest.fixture(scope="session", params=["embedded", "postgres"])
 def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
     data_dir = tmp_path_factory.mktemp(f"lathe-{request.param}")
-    with deploy(request.param, data_dir) as d:
-        worker = _start_worker(d.env, data_dir / "worker.log")
-        try:
-            yield d
-        finally:
-            _stop(worker)
-            if worker.returncode not in (0, -15):
-                print((data_dir / "worker.log").read_text()[-5000:])
+    with deploy(request.param, data_dir) as d, _worker(d, data_dir):
+        yield d
 
 
 @pytest.fixture(scope="session")
@@ -148,14 +155,9 @@ def s3_deployment(s3_server, tmp_path_factory) -> Iterator[Deployment]:
     with pytest.MonkeyPatch.context() as mp:
         for k, v in s3_server.env.items():
             mp.setenv(k, v)
-        with deploy("postgres", data_dir, LATHE_ARTIFACTS_URL=f"s3://{s3_server.bucket}/deploy") as d:
-            worker = _start_worker(d.env, data_dir / "worker.log")
-            try:
-                yield d
-            finally:
-                _stop(worker)
-                if worker.returncode not in (0, -15):
-                    print((data_dir / "worker.log").read_text()[-5000:])
+        with deploy("postgres", data_dir, LATHE_ARTIFACTS_URL=f"s3://{s3_server.bucket}/deploy") as d, \
+                _worker(d, data_dir):
+            yield d
 
 
 @pytest.fixture
