@@ -39,10 +39,9 @@ def quantize_channels(weights: np.ndarray, axis: int, qtype: int, symmetric: boo
     if symmetric:
         zero_point = np.full(len(scale), np.round((qmin + qmax) / np.float64(2.0)), dtype=qmin.dtype)
     else:
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # degenerate channels: 0 / 0
             zero_point = np.round(qmin - rmin / scale)
-        zero_point = np.where(degenerate, 0, zero_point).astype(qmin.dtype)
-    zero_point[degenerate] = 0
+    zero_point = np.where(degenerate, 0, zero_point).astype(qmin.dtype)
     stored = scale.astype(np.float32)
     stored[degenerate] = np.float32(1.0)
     lo, hi = get_qmin_qmax_for_qType(qtype, reduce_range=False, symmetric=False)

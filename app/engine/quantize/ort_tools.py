@@ -56,7 +56,7 @@ def staged(src: Path, workdir: Path, *, preprocess: bool, min_opset: int,
             shutil.copyfile(src, link)
         stage = Staged(link, scratch, "off", {}, deadline_s)
         stage.path, stage.opset = _ensure_opset(stage, min_opset)
-        if preprocess and not shapes and (why := needs_graph_optimisation(stage.path)) is None:
+        if preprocess and not shapes and needs_graph_optimisation(stage.path) is None:
             stage.preprocess = ("skipped: every layer's weights are initializers and there is no "
                                 "BatchNormalization to fold (graph optimisation would change nothing "
                                 "the quantizer reads)")
@@ -79,8 +79,6 @@ def dynamic(stage: Staged, dst: Path, *, op_types: list[str] | None, per_channel
             only: Sequence[str] | None = None) -> None:
     """Dynamic quantization of the staged model into ``dst``. ``only``: quantize just these
     nodes (per-layer sensitivity)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     # The dynamic quantizer first rewrites each Gemm "X" into MatMul "X_MatMul" + Add "X_Add",
     # then matches node names: name both, or a Gemm could never be excluded or singled out.
     exclude = [n for name in exclude for n in (name, f"{name}_MatMul")]
