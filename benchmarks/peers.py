@@ -7,7 +7,7 @@ package index with the pinned versions in ``PEERS``; a peer that cannot be insta
 with a line saying why. Each peer's producing step runs as a subprocess in its venv
 (``benchmarks/peer_drivers/run_<peer>.py``), timed as wall clock. Lathe runs from this
 interpreter's venv through the engine (``app.engine.pipeline.run``, the worker's path), also as
-a subprocess; what it runs (technique and params) is ``lathe_job``. Every tool gets the same
+a subprocess; what it runs (technique and params, or pipeline steps) is ``lathe_jobs``. Every tool gets the same
 tuning set (calibration / its own accuracy checks); every artifact is scored on held-out samples.
 
 Every artifact is then timed by this script, outside the tool that made it, in ONE process (the
@@ -114,11 +114,19 @@ def install(peer: Peer, log: Any = print) -> str | None:
     return None
 
 
-def lathe_job(model: str) -> tuple[str, dict[str, Any]]:
-    """Lathe's invocation, in one place: the technique and params run on ``model``."""
+def lathe_jobs(model: str) -> dict[str, dict[str, Any]]:
+    """Lathe's invocations, in one place: recipe name -> the job body's ``technique`` +
+    ``params``, or ``steps`` (a pipeline). On the CNN, where the tolerance leaves room, also
+    structured pruning with recovery training on the tuning set's labels, then quantize.auto;
+    a pipeline's steps each check their own step, so the end-to-end drop is what the table's
+    held-out column says."""
     if model == "minilm":
-        return "quantize.auto", {"min_cosine": MIN_COSINE}
-    return "quantize.auto", {"max_accuracy_drop_pt": MAX_DROP_PT}
+        return {"auto": {"technique": "quantize.auto", "params": {"min_cosine": MIN_COSINE}}}
+    auto = {"technique": "quantize.auto", "params": {"max_accuracy_drop_pt": MAX_DROP_PT}}
+    return {"auto": auto,
+            "prune30+auto": {"steps": [
+                {"technique": "prune.structured",
+                 "params": {"ratio": 0.3, "fine_tune": {"lr": "auto", "epochs": 10}}}, auto]}}
 
 
 # ---- models ---------------------------------------------------------------------------------
@@ -213,8 +221,7 @@ def produce(tool: str, recipe: str, model: str, files: dict[str, Path], out: Pat
            **{k: str(v) for k, v in files.items()}}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(DRIVERS)}
     if tool == "lathe":
-        technique, params = lathe_job(model)
-        job.update(technique=technique, params=params)
+        job.update(lathe_jobs(model)[recipe])
         python, env["PYTHONPATH"] = sys.executable, f"{DRIVERS}{os.pathsep}{ROOT}"
     else:
         python = str(venv_python(tool))
@@ -341,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         for tool in tools:
             if tool in skipped:
                 continue
-            recipes = ["auto"] if tool == "lathe" else PEERS[tool].recipes[model]
+            recipes = list(lathe_jobs(model)) if tool == "lathe" else PEERS[tool].recipes[model]
             for recipe in recipes:
                 print(f"[{model}] {tool} {recipe} ...", flush=True)
                 art = produce(tool, recipe, model, files, args.work / model / tool / recipe)
@@ -365,8 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     for tool in tools:
         if tool == "lathe":
             rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-            print(f"- Lathe: this checkout ({rev.stdout.strip() or 'unknown revision'}), `{lathe_job('minilm')}` / "
-                  f"`{lathe_job('cnn')}`")
+            print(f"- Lathe: this checkout ({rev.stdout.strip() or 'unknown revision'}): "
+                  + "; ".join(f"{m} `{name}` = `{json.dumps(body)}`" for m in models
+                              for name, body in lathe_jobs(m).items()))
         elif tool in skipped:
             print(f"- skipped {PEERS[tool].label}: {_md(skipped[tool])}")
         else:

@@ -85,6 +85,8 @@ class Context:
 class Result:
     report: dict[str, Any]
     output_path: Path | None = None  # a new ONNX model written under ctx.workdir, if any
+    # Set by pipeline.run on a pipeline's last result: the job's input vs its final output.
+    end_to_end: dict[str, Any] | None = None
 
 
 class Technique:

@@ -186,6 +186,7 @@ def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float
     if onnx and plan[0].technique.opens_model:
         progress(0.0, "loading")
         model_path, normalization = _probed_and_normalized(model_path, workdir, ctx.native_step_timeout_s)
+    first_path = model_path
     n = len(plan)
     for i, step in enumerate(plan):
         step_dir = workdir / f"step-{i}" if n > 1 else workdir
@@ -204,6 +205,14 @@ def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float
         if result.output_path is not None:
             parent_path, model_path = model_path, result.output_path
             source = Source(step.name, step.params.model_dump(mode="json"), result.report)
+    producers = [(step, r) for step, r in zip(plan, results) if r.output_path is not None]
+    if len(producers) >= 2 and onnx:
+        from app.engine.quantize.report import end_to_end
+
+        progress(0.995, "end to end: job input vs final output")
+        quiet = replace(ctx, progress=lambda fraction, stage: None)
+        results[-1].end_to_end = end_to_end(quiet, first_path, producers[-1][1].output_path,
+                                            producers[-1][0].params)
     return results
 
 
@@ -236,4 +245,4 @@ def report(plan: list[Step], results: list[Result], model_id: str | None,
         return results[0].report
     steps = [{"technique": step.name, "params": step.params.model_dump(mode="json"), "output_model_id": produced,
               "report": result.report} for step, result, produced in zip(plan, results, output_ids)]
-    return pipeline_report(model_id, last_output(output_ids), steps)
+    return pipeline_report(model_id, last_output(output_ids), steps, results[-1].end_to_end)

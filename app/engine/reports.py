@@ -501,6 +501,17 @@ class Candidate(Part):
     p50_ms: dict[str, float] = Field(default={}, description="p50 by batch size (JSON keys are strings).")
 
 
+class AttentionFusion(Part):
+    """Attention blocks rewritten as onnxruntime's com.microsoft.MultiHeadAttention before
+    quantizing, checked against the parent on sample inputs."""
+
+    fused: int = Field(description="Attention blocks rewritten; 0: none (see reason).")
+    max_abs_diff: float | None = Field(
+        default=None, description="Largest |fused - parent| over every output on the check's "
+        "samples, relative to max(1, max |parent|).")
+    reason: str | None = Field(default=None, description="Why nothing was fused.")
+
+
 class AutoSearch(Part):
     """How quantize.auto searched: wall time per phase, whether sensitivity ran, the timing."""
 
@@ -509,6 +520,8 @@ class AutoSearch(Part):
     order: list[str] = []
     finalists: list[str] = []
     timing: dict[str, Any] | None = None
+    attention_fusion: AttentionFusion | None = Field(
+        default=None, description="Lathe's attention fusion of the staged parent (fuse_attention).")
 
 
 class QuantizeAutoReport(QuantizeReport):
@@ -824,6 +837,21 @@ class PipelineStep(Part):
     report: TechniqueReport | None = None
 
 
+class EndToEnd(Part):
+    """A pipeline's job input vs its last output, measured together in one run."""
+
+    parent: SizeCount = Field(description="The job's input (after normalisation).")
+    result: SizeCount = Field(description="The last model a step produced.")
+    size_ratio: float
+    comparison: list[ComparePoint]
+    host_load: HostLoad | None = None
+    fidelity: Fidelity | None = None
+    accuracy: Accuracy | None = None
+    tolerance: Tolerance | None = Field(
+        default=None, description="The last model-producing step's tolerance, applied end to end.")
+    summary: str
+
+
 class PipelineReport(Report):
     """A job of several steps: each step's own report, in order, each step fed the one before's
     output model."""
@@ -832,6 +860,9 @@ class PipelineReport(Report):
     model_id: str | None = Field(default=None, description="The job's input model.")
     output_model_id: str | None = Field(default=None, description="The last model a step produced.")
     steps: list[PipelineStep]
+    end_to_end: EndToEnd | None = Field(
+        default=None, description="With two or more model-producing steps: the job's input vs "
+        "the final output, measured together (each step's report compares with the step before).")
 
 
 TechniqueReport = Annotated[
@@ -851,11 +882,12 @@ REPORTS: TypeAdapter[Any] = TypeAdapter(AnyReport)
 
 
 def pipeline_report(model_id: str | None, output_model_id: str | None,
-                    steps: list[dict[str, Any]]) -> dict[str, Any]:
+                    steps: list[dict[str, Any]], end_to_end: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report of a pipeline job, checked. ``steps``: one ``{"technique", "params",
     "output_model_id", "report"}`` per step, in order (``report``: the step's own report)."""
     return checked({"schema_version": SCHEMA_VERSION, "technique": "pipeline", "model_id": model_id,
-                    "output_model_id": output_model_id, "steps": steps})
+                    "output_model_id": output_model_id, "steps": steps,
+                    **({"end_to_end": end_to_end} if end_to_end else {})})
 
 
 def checked(report: dict[str, Any]) -> dict[str, Any]:

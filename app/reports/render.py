@@ -71,6 +71,9 @@ def _report_body(report: BaseModel, status: str | None, depth: int, prefix: str)
 def _pipeline_body(report: r.PipelineReport, status: str | None, prefix: str) -> Markup:
     parts = [_summary(report, status, 0, prefix),
              _section(f"{prefix}charts", "Across the pipeline", _safe(pipeline_charts, report))]
+    if report.end_to_end is not None:
+        parts.append(_section(f"{prefix}end-to-end", "End to end: the job's input vs the final output",
+                              render("end_to_end.html", e2e=report.end_to_end)))
     for i, step in enumerate(report.steps[:MAX_STEPS], 1):
         body = _report_body(step.report, None, 1, f"{prefix}s{i}-") if step.report is not None else ""
         parts.append(render("step.html", prefix=prefix, index=i, step=step, body=body))

@@ -1,7 +1,8 @@
 """Lathe through the engine, the worker's path: ``app.engine.pipeline.run`` on one step.
 
 Runs in the project's venv with PYTHONPATH = the checkout; the job carries ``technique`` and
-``params`` (chosen by benchmarks/peers.py's ``lathe_job``). The engine starts spawned children,
+``params``, or pipeline ``steps`` (chosen by benchmarks/peers.py's ``lathe_jobs``); a pipeline's
+last step's report and model are kept. The engine starts spawned children,
 hence the ``__main__`` guard."""
 
 import json
@@ -17,12 +18,12 @@ def main() -> None:
     from app.engine.base import Context
 
     j = job()
-    plan = pipeline.from_request(j["technique"], j["params"], None)
+    plan = pipeline.from_request(j.get("technique"), j.get("params", {}), j.get("steps"))
     with tempfile.TemporaryDirectory(prefix="lathe-peers-") as tmp:
         workdir = Path(tmp)
         ctx = Context(model_path=Path(j["onnx"]), params=plan[0].params, workdir=workdir,
                       dataset_path=Path(j["tuning"]), native_step_timeout_s=1800)
-        (result,) = pipeline.run(plan, ctx, workdir, lambda fraction, stage: None)
+        result = pipeline.run(plan, ctx, workdir, lambda fraction, stage: None)[-1]
         out = Path(j["out"], "model.onnx")
         shutil.copyfile(result.output_path, out)
     report = result.report

@@ -16,10 +16,12 @@ def encoder(kind: str):
     from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
     torch.manual_seed(0)
-    if kind == "bert":
-        model = BertModel(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64,
-                                     max_position_embeddings=64))
+    if kind in ("bert", "bert-eager"):  # bert: transformers' default (sdpa) attention
+        config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+        if kind == "bert-eager":
+            config._attn_implementation = "eager"
+        model = BertModel(config)
     else:
         model = DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2,
                                                  hidden_dim=64, max_position_embeddings=64))

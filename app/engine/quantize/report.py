@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,37 @@ def build_report(ctx: Context, params: QuantParams, *, technique: str, output: P
         **(extra or {}),
     }
     return checked(report)
+
+
+def end_to_end(ctx: Context, first: Path, final: Path, params: Any) -> dict[str, Any]:
+    """A pipeline's job input vs its last output, measured together in one run (each step's
+    report compares only with the step before; the product of those speedups was never
+    measured): size, accuracy/fidelity on the job's dataset, interleaved speedup per point.
+    ``params``: the last model-producing step's (its grid and fidelity settings; a step
+    without fidelity settings gets their defaults)."""
+    if not isinstance(params, QuantParams):
+        params = QuantParams.model_validate({k: getattr(params, k) for k in QuantParams.model_fields
+                                             if hasattr(params, k)})
+    feeds = FeedSource(params, ctx.dataset_path)
+    e2e = replace(ctx, model_path=first, params=params)
+    evaluation = evaluate_result(e2e, params, final, feeds, span=(0.0, 0.3))
+    grid = measure_grid({"parent": first, "result": final}, params, feeds, device=ctx.device,
+                        progress=ctx.progress, span=(0.3, 1.0), what=feeds.what)
+    comparison = [compare_point(p) for p in grid["points"]]
+    sizes = (first.stat().st_size, final.stat().st_size)
+    tolerance = tolerance_check(params, evaluation)
+    return {
+        "parent": {"size_bytes": sizes[0]},
+        "result": {"size_bytes": sizes[1]},
+        "size_ratio": round(sizes[1] / sizes[0], 4),
+        "comparison": comparison,
+        "host_load": grid.get("host_load"),
+        "fidelity": fidelity_block(evaluation, params.fidelity_samples),
+        "accuracy": evaluation["accuracy"],
+        "tolerance": {k: v for k, v in tolerance.items() if k != "text"},
+        "summary": "; ".join(
+            [f"job input vs final output at batch {c['batch_size']}: {c['speedup']:.2f}x"
+             + (f" ({c['speedup_ci']['verdict']})" if (c.get("speedup_ci") or {}).get("verdict") else "")
+             for c in comparison if c.get("speedup") is not None]
+            + [tolerance["text"]]),
+    }

@@ -77,6 +77,7 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
     from app.engine.runtime.inputs import input_specs
     from app.engine.quantize.exclusions import nothing_to_quantize, resolve_exclusions, weighted_nodes
     from app.engine.quantize.analysis import op_counts
+    from app.engine.runtime.attention import fuse_attention_file
     from app.engine.quantize.sensitivity import Scorer, fewest_float_layers, layer_sensitivity
     from app.engine.runtime.sessions import create_session
 
@@ -96,6 +97,10 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         modes = params.modes or (["static", "dynamic"] if has_conv else ["dynamic"])
         order = plan(modes, params.per_channel, has_conv, integer)
         tolerance = params.tolerance(labels is not None)
+        # A batch and a single sample (another batch size) to check the fused graph on.
+        check = [feeds(specs, min(4, feeds.samples(specs) or 4)), feeds(specs, 1, start=1)] \
+            if params.fuse_attention and "Softmax" in ops else None
+    fusion: dict[str, Any] | None = None
     with contextlib.ExitStack() as stack:
         stage = base = layers = None
 
@@ -126,10 +131,17 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
             processes this thread waits on while the search's own process computes the
             parent's outputs, the other half of the search's fixed cost."""
             nonlocal stage, base, layers
+            nonlocal fusion
             stage = stack.enter_context(ort_quant.staged(
                 ctx.model_path, ctx.workdir, preprocess=params.preprocess,
                 min_opset=ort_static.STATIC_MIN_OPSET if "static" in modes else 11,
                 deadline_s=ctx.native_step_timeout_s, shapes=False))
+            if check is not None:
+                fused = stage.scratch / "attention.onnx"
+                fusion = stage.run(fuse_attention_file, stage.path, fused, check,
+                                   step="attention fusion")
+                if fusion["fused"]:
+                    stage.path = fused
             base = resolve_exclusions(ctx.model_path, stage.path, params.exclude_nodes,
                                       params.exclude_op_types)
             layers = [n for n in weighted_nodes(stage.path, LAYER_OPS) if n["name"] not in base]
@@ -261,9 +273,14 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         "integer_static": integer,
         "search": {"phases": phase.seconds, "sensitivity_ran": sensitivity is not None,
                    "order": [c["name"] for c in order],
-                   "finalists": [f["name"] for f in finalists], "timing": grid["timing"]},
+                   "finalists": [f["name"] for f in finalists], "timing": grid["timing"],
+                   "attention_fusion": fusion},
         "notes": [f"tolerance applied: {tolerance}; chose {chosen['name']} with "
-                  f"{chosen['float_layers']} layer(s) in float: {why}"],
+                  f"{chosen['float_layers']} layer(s) in float: {why}"]
+        + ([f"{fusion['fused']} attention block(s) rewritten as onnxruntime's "
+            "com.microsoft.MultiHeadAttention before quantizing (outputs equal to the parent's "
+            f"within {fusion['max_abs_diff']:.1g} on sample inputs); the result runs on "
+            "onnxruntime only"] if fusion and fusion["fused"] else []),
     }
 
 

@@ -210,3 +210,26 @@ def test_a_stored_job_with_the_old_name_keeps_its_meaning():
     # Rows written before the rename carry no version (version 1) and meant points.
     (step,) = from_row("quantize.auto", {"max_accuracy_drop": 0.5, "min_cosine": 0.99})
     assert step.params.max_accuracy_drop_pt == 0.5 and step.params.min_cosine == 0.99
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_fuse_attention_rewrites_the_staged_parent_when_asked(fuse, tmp_path):
+    """fuse_attention: every attention block of a tiny BERT (transformers' default sdpa
+    export) becomes one MultiHeadAttention before quantizing; off (the default), the graph
+    keeps its per-head operators."""
+    from tests.engine.transformer_models import export_encoder, tokens
+
+    path = export_encoder("bert", tmp_path / "bert.onnx", dynamo=False, opset=17)
+    np.savez(tmp_path / "t.npz", **tokens(64, seq=12))
+    params = QuantizeAutoParams(min_cosine=0.9, fuse_attention=fuse, **FAST)
+    report = run(QuantizeAuto, path, params, tmp_path / "w", tmp_path / "t.npz").report
+    ops = [n.op_type for n in onnx.load(str(report_path(tmp_path))).graph.node]
+    assert "DynamicQuantizeLinear" in ops  # quantized either way
+    if fuse:
+        assert report["search"]["attention_fusion"]["fused"] == 2
+        assert report["search"]["attention_fusion"]["max_abs_diff"] <= 1e-4
+        assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops
+        assert any("MultiHeadAttention" in n for n in report["notes"])
+    else:
+        assert report["search"]["attention_fusion"] is None
+        assert "MultiHeadAttention" not in ops and ops.count("Softmax") == 2
