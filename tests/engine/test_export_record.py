@@ -34,6 +34,18 @@ def test_a_pipeline_report_gives_its_last_model_producing_step():
     assert metrics(report) == metrics(producing) and metrics(report)
 
 
+def test_a_pipeline_measured_end_to_end_adds_those_figures():
+    step = stored("quantize.dynamic")
+    e2e = {k: step[k] for k in ("parent", "result", "size_ratio", "comparison", "fidelity", "accuracy")}
+    report = {**stored("pipeline"), "end_to_end": e2e}
+    got = metrics(report)
+    for point in e2e["comparison"]:
+        assert got[f"end_to_end.latency_p50_ms.bs{point['batch_size']}"] == point["result_p50_ms"]
+    assert got["end_to_end.size_ratio"] == e2e["size_ratio"]
+    assert got["end_to_end.accuracy.drop"] == e2e["accuracy"]["drop"]
+    assert {k: v for k, v in got.items() if not k.startswith("end_to_end.")} == metrics(stored("pipeline"))
+
+
 def test_a_benchmark_names_threads_when_it_swept_them():
     got = metrics(stored("benchmark"))
     assert {"latency_p50_ms.bs1_t1", "latency_p50_ms.bs1_t2", "items_per_s.bs32_t2"} <= set(got)

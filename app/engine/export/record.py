@@ -56,8 +56,17 @@ def headline(report: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 
 def metrics(report: Mapping[str, Any] | None) -> dict[str, float]:
-    """Headline figures of a report (see the module's docstring); empty for no report."""
-    report = headline(report)
+    """Headline figures of a report (see the module's docstring); empty for no report. A
+    pipeline's ``end_to_end`` section (its input vs its final output) adds the same figures
+    under ``end_to_end.``."""
+    e2e = report.get("end_to_end") if isinstance(report, Mapping) and report.get("technique") == "pipeline" else None
+    out = _figures(headline(report))
+    if isinstance(e2e, Mapping):
+        out.update({key(f"end_to_end.{name}"): value for name, value in _figures(e2e).items()})
+    return out
+
+
+def _figures(report: Mapping[str, Any] | None) -> dict[str, float]:
     if report is None:
         return {}
     out: dict[str, float] = {}

@@ -41,6 +41,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
+LARGE_MODEL_BYTES = 1_800_000_000
 
 
 @dataclass
@@ -325,24 +326,31 @@ def _outer_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def _topological_sort(model: onnx.ModelProto) -> None:
+    """Kahn's algorithm over the top-level graph (linear in nodes + edges; a node whose
+    input comes from nowhere, e.g. an outer-scope name, keeps its place after the rest)."""
     graph = model.graph
-    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    waiting = [0] * len(nodes)
+    readers: dict[int, list[int]] = defaultdict(list)
+    for i, node in enumerate(nodes):
+        for name in set(node.input):
+            if name in producer and producer[name] != i:
+                waiting[i] += 1
+                readers[producer[name]].append(i)
+    ready = [i for i in range(len(nodes)) if waiting[i] == 0]
     ordered = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(i in ready for i in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):  # not sortable (a name from nowhere): keep the rest in order
-            ordered += rest
-            break
-        pending = rest
+    while ready:
+        i = ready.pop()
+        ordered.append(i)
+        for j in readers[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    placed = set(ordered)
+    ordered += [i for i in range(len(nodes)) if i not in placed]  # a cycle: leave as it was
     del graph.node[:]
-    graph.node.extend(ordered)
+    graph.node.extend(nodes[i] for i in ordered)
 
 
 def fuse_attention_file(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]],
@@ -357,7 +365,8 @@ def fuse_attention_file(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]
     if not count:
         return {"fused": 0, "reason": "no attention block matched"}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(dst))
+    large = model.ByteSize() > LARGE_MODEL_BYTES  # protobuf's 2 GiB limit: weights beside it
+    onnx.save(model, str(dst), save_as_external_data=large, location=f"{dst.name}.data" if large else None)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
