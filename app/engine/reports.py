@@ -524,11 +524,23 @@ class AutoSearch(Part):
         default=None, description="Lathe's attention fusion of the staged parent (fuse_attention).")
 
 
+class AutoPruning(Part):
+    """quantize.auto's pruning candidates (prune_ratios): what each gave, which was kept."""
+
+    chosen_ratio: float | None = Field(description="null: none kept, plain quantization.")
+    train_samples: int = Field(description="The dataset's first samples, used for recovery training.")
+    holdout_samples: int = Field(description="The rest: every tolerance check of a pruned candidate.")
+    tried: list[dict[str, Any]] = Field(default=[], description="Per ratio: the pruned model "
+                                        "alone against the tolerance, the outcome, seconds.")
+    reason: str | None = None
+
+
 class QuantizeAutoReport(QuantizeReport):
     technique: Literal["quantize.auto"]  # type: ignore[assignment]
     sensitivity: Sensitivity | None = None
     candidates: list[Candidate] = []
     search: AutoSearch | None = None
+    pruning: AutoPruning | None = None
 
 
 class GraphFusion(Part):

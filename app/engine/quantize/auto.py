@@ -4,17 +4,20 @@ Whole-model candidates first, fastest expected first, each scored against the pa
 computed once; the first that meets the tolerance ends the search of its tier and of slower
 ones. Only when none does: per-layer sensitivity, then a bisection for the fewest
 most-sensitive layers kept in float. Several finalists race alone, then the chosen one is
-timed interleaved with the parent (see ``search``). Module top: pydantic/stdlib-level imports only.
+timed interleaved with the parent (see ``search``). With ``prune_ratios``, structured pruning
+with recovery training is tried first, largest ratio first (see ``_pruned_search``). Module top:
+pydantic/stdlib-level imports only.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from app.engine.base import Context, Result, Technique, register
 from app.engine.params import BatchSize
+from app.engine.prune.structured import FineTune
 from app.engine.quantize.params import measure_default
 from app.engine.quantize.static import StaticOptions
 
@@ -76,6 +79,32 @@ class QuantizeAutoParams(StaticOptions):
         "kernel is slower there than the unfused operators), so it is off by default.",
         json_schema_extra={"examples": [False, True]},
     )
+    prune_ratios: list[Annotated[float, Field(gt=0.0, le=0.9)]] = Field(
+        default=[], max_length=4,
+        description="Also try structured pruning first (prune.structured's torch route: "
+        "channels/neurons removed, then recovery training, see prune_fine_tune), largest ratio "
+        "first: the pruned model is quantized by the same search, scored and timed against the "
+        "unpruned parent, and kept only if it meets the tolerance; else the next ratio, else "
+        "plain quantization. The dataset is split: recovery trains on the first part, every "
+        "tolerance check of a pruned candidate (and the report's accuracy, if one is chosen) "
+        "uses the held-out rest (prune_holdout). For CNNs and MLPs with labels; on the "
+        "digits CNN, 0.3 gave 3.8x (b1) / 5.4x (b32) over FP32 where quantization alone "
+        "gave 2.5x / 3.1x.",
+        json_schema_extra={"examples": [[], [0.5, 0.3]]},
+    )
+    prune_fine_tune: FineTune | None = Field(
+        default=None,
+        description="Recovery training of the pruning candidates; null: 20 epochs on the "
+        "dataset's labels, lr chosen automatically (on the digits CNN's 208 training samples, "
+        "10 epochs left a 30%-pruned model at 83% where 20 reached 97%).",
+        json_schema_extra={"examples": [None, {"epochs": 20, "lr": "auto"}]},
+    )
+    prune_holdout: float = Field(
+        default=0.3, ge=0.1, le=0.9,
+        description="Share of the dataset (its last samples) held out from recovery training: "
+        "the pruning candidates' tolerance is checked on it.",
+        json_schema_extra={"examples": [0.3]},
+    )
     sensitivity_samples: int = Field(
         default=32, ge=1, le=10_000,
         description="Samples (the first of the fidelity samples, in whole fidelity batches) "
@@ -115,12 +144,23 @@ class QuantizeAuto(Technique):
                                   "dataset_id to the job")
         ctx.progress(0.0, "loading")
         scratch = Path(tempfile.mkdtemp(prefix="auto-", dir=ctx.workdir))
+        pruning: dict[str, Any] | None = None
         try:
-            found = search(ctx, params, scratch)
+            found = None
+            if params.prune_ratios:
+                found, pruning = _pruned_search(ctx, params, scratch)
+            if found is None:
+                found = search(ctx, params, scratch)
             output = ctx.workdir / "model.onnx"
             shutil.copyfile(found["chosen_path"], output)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        if pruning and pruning["chosen_ratio"] is not None:
+            found["notes"].append(
+                f"pruned {pruning['chosen_ratio']:.0%} of the prunable channels with recovery "
+                f"training on the first {pruning['train_samples']} samples, then quantized; "
+                f"accuracy and fidelity are measured on the {pruning['holdout_samples']} held-out "
+                "samples, against the unpruned parent")
         chosen = found["chosen"]
         quantization = {"mode": chosen["mode"], "per_channel": chosen["per_channel"],
                         "reduce_range": params.reduce_range, "float_layers": chosen["excluded"],
@@ -140,5 +180,76 @@ class QuantizeAuto(Technique):
             looked_for=found["op_types"], notes=found["notes"], feeds=found["feeds"],
             evaluation=found["evaluation"], grid=found["grid"],
             extra={"sensitivity": found["sensitivity"], "candidates": found["candidates"],
-                   "search": found["search"]})
+                   "search": found["search"], "pruning": pruning})
+        for part in ("prune-train.npz", "prune-holdout.npz"):
+            (ctx.workdir / part).unlink(missing_ok=True)
         return Result(report=report, output_path=output)
+
+
+def _pruned_search(ctx: Context, params: QuantizeAutoParams, scratch: Any) -> tuple[Any, dict[str, Any]]:
+    """Pruning candidates, largest ratio first: prune.structured with recovery training on
+    the dataset's first part; the pruned model alone must meet the tolerance against the
+    parent on the held-out part, then the quantization search runs on it, scored and timed
+    against the parent on the held-out part. Returns (the first search that succeeds, or None,
+    and what was tried)."""
+    import dataclasses
+    import time
+
+    import numpy as np
+
+    from app.engine.data.feeds import FeedSource
+    from app.engine.errors import TechniqueError, ToleranceNotMet
+    from app.engine.prune.structured import PruneStructured, PruneStructuredParams
+    from app.engine.quantize.report import evaluate_result, tolerance_check
+    from app.engine.quantize.search import search
+
+    with np.load(str(ctx.dataset_path), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    n = min(len(a) for a in arrays.values() if a.ndim)
+    cut = int(round(n * (1 - params.prune_holdout)))
+    info: dict[str, Any] = {"chosen_ratio": None, "train_samples": cut, "holdout_samples": n - cut,
+                            "tried": []}
+    if cut < 8 or n - cut < 8:
+        info["reason"] = f"the dataset's {n} samples are too few to train on and hold out 8+ each"
+        return None, info
+    # beside the output, not in scratch: the report reads the held-out samples after the search
+    train, held = ctx.workdir / "prune-train.npz", ctx.workdir / "prune-holdout.npz"
+    np.savez(train, **{k: v[:cut] if v.ndim else v for k, v in arrays.items()})
+    np.savez(held, **{k: v[cut:] if v.ndim else v for k, v in arrays.items()})
+    fine_tune = params.prune_fine_tune or FineTune(epochs=20, lr="auto")
+    quick = {"batch_sizes": [1], "warmup": 1, "min_runs": 3, "min_rounds": 6, "min_seconds": 0.0,
+             "max_seconds": 1.0, "threads": params.threads[:1]}
+    for i, ratio in enumerate(sorted(set(params.prune_ratios), reverse=True)):
+        started = time.monotonic()
+        row: dict[str, Any] = {"ratio": ratio}
+        info["tried"].append(row)
+        folder = scratch / f"prune-{i}"
+        folder.mkdir()
+        ctx.progress(0.02, f"pruning {ratio:.0%} with recovery training")
+        try:
+            pruned = PruneStructured().run(dataclasses.replace(
+                ctx, params=PruneStructuredParams(ratio=ratio, method="torch", fine_tune=fine_tune, **quick),
+                workdir=folder, dataset_path=train, progress=lambda fraction, stage: None)).output_path
+            assert pruned is not None
+            held_ctx = dataclasses.replace(ctx, dataset_path=held)
+            alone = tolerance_check(params, evaluate_result(held_ctx, params, pruned,
+                                                            FeedSource(params, held)))
+            row.update(pruned_alone={k: v for k, v in alone.items() if k != "text"})
+            if not alone["within"]:
+                row["result"] = f"pruned alone is outside the tolerance: {alone['text']}"
+                continue
+            (folder / "search").mkdir()
+            found = search(dataclasses.replace(held_ctx, model_path=pruned), params,
+                           folder / "search", reference=ctx.model_path)
+        except ToleranceNotMet as exc:
+            row["result"] = f"no quantized variant of the pruned model meets the tolerance: {exc}"
+            continue
+        except TechniqueError as exc:
+            row["result"] = f"pruning failed: {exc}"
+            continue
+        finally:
+            row["seconds"] = round(time.monotonic() - started, 2)
+        row["result"] = "chosen"
+        info["chosen_ratio"] = ratio
+        return found, info
+    return None, info

@@ -71,7 +71,9 @@ def plan(modes: list[str], per_channel: list[bool], has_conv: bool,
     return sorted(out, key=lambda c: (-c["speed"], not c["per_channel"]))
 
 
-def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
+def search(ctx: Context, params: Any, scratch: Path, reference: Path | None = None) -> dict[str, Any]:
+    """Quantize ``ctx.model_path``; candidates are scored and timed against ``reference``
+    (default: the same model; quantize.auto's pruning passes the unpruned original)."""
     from app.engine.quantize import calibration as ort_static, ort_tools as ort_quant
     from app.engine.data.datasets import load_labels
     from app.engine.runtime.inputs import input_specs
@@ -84,7 +86,8 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
     phase = Phases()
     with phase("prepare"):
         feeds = FeedSource(params, ctx.dataset_path)
-        parent_session = create_session(ctx.model_path, max(params.threads), ctx.device)[0]
+        reference = reference or ctx.model_path
+        parent_session = create_session(reference, max(params.threads), ctx.device)[0]
         specs = input_specs(parent_session)
         labels = load_labels(ctx.dataset_path, feeds.samples(specs))
         ops = op_counts(ctx.model_path)
@@ -162,7 +165,7 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
         with concurrent.futures.ThreadPoolExecutor(1) as pool, phase("prepare"):
             first_build = pool.submit(stage_and_build_first)
             try:
-                scorer = Scorer(ctx.model_path, feeds, samples=params.fidelity_samples,
+                scorer = Scorer(reference, feeds, samples=params.fidelity_samples,
                                 batch_size=params.fidelity_batch_size, threads=max(params.threads),
                                 device=ctx.device, task=params.task, tolerance=tolerance,
                                 session=parent_session)
@@ -249,7 +252,7 @@ def search(ctx: Context, params: Any, scratch: Path) -> dict[str, Any]:
             "min_cosine_per_sample/max_accuracy_drop_pt, or use quantize.fp16")
     with phase("timing"):
         ctx.progress(0.7, "timing finalists against the parent")
-        grid, chosen, why = time_and_choose(ctx.model_path, finalists, params, feeds, ctx, specs)
+        grid, chosen, why = time_and_choose(reference, finalists, params, feeds, ctx, specs)
     for row in rows:
         row.update(timed=False, chosen=False)
         f = next((f for f in finalists if f["name"] == row["name"]), None)

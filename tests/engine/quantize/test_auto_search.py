@@ -233,3 +233,56 @@ def test_fuse_attention_rewrites_the_staged_parent_when_asked(fuse, tmp_path):
     else:
         assert report["search"]["attention_fusion"] is None
         assert "MultiHeadAttention" not in ops and ops.count("Softmax") == 2
+
+
+@pytest.fixture(scope="module")
+def quadrants(tmp_path_factory):
+    """A small residual CNN trained a little on a learnable 4-class image set (labels)."""
+    from tests.engine.torch_models import export, image_dataset, residual_cnn
+
+    folder = tmp_path_factory.mktemp("prune-auto")
+    data = image_dataset(folder / "data.npz", n=240)
+    arrays = np.load(data)
+    torch.manual_seed(0)
+    net = residual_cnn()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["labels"])
+    for _ in range(40):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return export(net, x[:1], folder / "cnn.onnx"), data
+
+
+def _params(**kw):
+    return QuantizeAutoParams(prune_ratios=[0.3], prune_fine_tune={"epochs": 15, "lr": 3e-3}, **FAST, **kw)
+
+
+def test_a_pruning_candidate_within_tolerance_is_kept(quadrants, tmp_path):
+    import onnx
+
+    model, data = quadrants
+    report = run(QuantizeAuto, model, _params(max_accuracy_drop_pt=10.0), tmp_path / "w", data).report
+    pruning = report["pruning"]
+    assert pruning["chosen_ratio"] == 0.3 and pruning["tried"][0]["result"] == "chosen", pruning
+    assert (pruning["train_samples"], pruning["holdout_samples"]) == (168, 72)
+    # the report's figures are against the unpruned parent, on the held-out samples
+    assert report["parent"]["size_bytes"] == model.stat().st_size
+    assert report["result"]["parameter_count"] < 0.7 * report["parent"]["parameter_count"]
+    assert report["accuracy"]["model"]["samples"] == 72
+    assert report["tolerance"]["accuracy_drop"] <= 10.0
+    assert any("held-out" in n for n in report["notes"])
+    ops = {n.op_type for n in onnx.load(str(report_path(tmp_path))).graph.node}
+    assert "QuantizeLinear" in ops or "QLinearConv" in ops  # and quantized
+    assert not list((tmp_path / "w").glob("prune-*.npz"))  # the split files are gone
+
+
+def test_a_pruning_candidate_outside_tolerance_falls_back_to_quantization(quadrants, tmp_path):
+    model, data = quadrants
+    # a cosine no 30%-pruned model keeps: pruning is refused, plain quantization still runs
+    report = run(QuantizeAuto, model, _params(min_cosine=0.99999, max_accuracy_drop_pt=100.0),
+                 tmp_path / "w", data).report
+    pruning = report["pruning"]
+    assert pruning["chosen_ratio"] is None
+    assert "outside the tolerance" in pruning["tried"][0]["result"]
+    assert report["result"]["parameter_count"] >= report["parent"]["parameter_count"]  # nothing removed
