@@ -119,8 +119,10 @@ def lathe_jobs(model: str) -> dict[str, dict[str, Any]]:
     ``params`` (or ``steps``, a pipeline). On the CNN, where the tolerance leaves room, also
     quantize.auto with pruning candidates (structured pruning + recovery training on the
     first half of the tuning set, every tolerance check on the held-out half)."""
-    if model == "minilm":
-        return {"auto": {"technique": "quantize.auto", "params": {"min_cosine": MIN_COSINE}}}
+    if model == "minilm":  # fuse_attention is opt-in; its row shows why (see its description)
+        return {"auto": {"technique": "quantize.auto", "params": {"min_cosine": MIN_COSINE}},
+                "auto+fuse-attention": {"technique": "quantize.auto",
+                                        "params": {"min_cosine": MIN_COSINE, "fuse_attention": True}}}
     auto = {"max_accuracy_drop_pt": MAX_DROP_PT}
     return {"auto": {"technique": "quantize.auto", "params": auto},
             "auto+prune": {"technique": "quantize.auto", "params": {**auto, "prune_ratios": [0.5, 0.3]}}}
