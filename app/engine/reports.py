@@ -862,6 +862,7 @@ class EndToEnd(Part):
     tolerance: Tolerance | None = Field(
         default=None, description="The last model-producing step's tolerance, applied end to end.")
     summary: str
+    notes: list[str] = []
 
 
 class PipelineReport(Report):

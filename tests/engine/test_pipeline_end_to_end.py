@@ -53,6 +53,7 @@ def test_two_model_producing_steps_are_measured_end_to_end(cnn, tmp_path):
         assert point["parent_p50_ms"] > 0 and point["result_p50_ms"] > 0
     assert "job input vs final output at batch 1" in e2e["summary"]
     assert e2e["fidelity"]["samples"] > 0
+    assert e2e["notes"] == []  # nothing trained on the dataset
     html, page = render(report, job={**JOB, "technique": "pipeline"})
     section = html[html.index('id="end-to-end"'):]
     assert f"{e2e['comparison'][1]['speedup']:.2f}×" in section[:section.index("</section>")]
@@ -63,3 +64,12 @@ def test_one_model_producing_step_has_no_end_to_end(cnn, tmp_path):
     report = run([{"technique": "quantize.dynamic", "params": GRID},
                   {"technique": "benchmark", "params": {"batch_sizes": [1], **FAST}}], model, data, tmp_path)
     assert "end_to_end" not in report
+
+
+def test_a_step_that_trained_on_the_dataset_is_named(cnn, tmp_path):
+    model, data = cnn
+    report = run([{"technique": "prune.structured",
+                   "params": {"ratio": 0.25, "method": "torch", "fine_tune": {"epochs": 1, "lr": 1e-3}, **GRID}},
+                  {"technique": "quantize.dynamic", "params": GRID}], model, data, tmp_path)
+    (note,) = report["end_to_end"]["notes"]
+    assert note.startswith("prune.structured trained on this dataset")

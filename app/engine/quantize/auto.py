@@ -205,7 +205,7 @@ def _pruned_search(ctx: Context, params: QuantizeAutoParams, scratch: Any) -> tu
 
     with np.load(str(ctx.dataset_path), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    n = min(len(a) for a in arrays.values() if a.ndim)
+    n = min((len(a) for a in arrays.values() if a.ndim), default=0)
     cut = int(round(n * (1 - params.prune_holdout)))
     info: dict[str, Any] = {"chosen_ratio": None, "train_samples": cut, "holdout_samples": n - cut,
                             "tried": []}

@@ -176,12 +176,14 @@ def build_report(ctx: Context, params: QuantParams, *, technique: str, output: P
     return checked(report)
 
 
-def end_to_end(ctx: Context, first: Path, final: Path, params: Any) -> dict[str, Any]:
+def end_to_end(ctx: Context, first: Path, final: Path, params: Any,
+               trained_by: list[str] | None = None) -> dict[str, Any]:
     """A pipeline's job input vs its last output, measured together in one run (each step's
     report compares only with the step before; the product of those speedups was never
     measured): size, accuracy/fidelity on the job's dataset, interleaved speedup per point.
     ``params``: the last model-producing step's (its grid and fidelity settings; a step
-    without fidelity settings gets their defaults)."""
+    without fidelity settings gets their defaults). ``trained_by``: the steps that trained on
+    the job's dataset (their accuracy here includes their training samples: said in notes)."""
     if not isinstance(params, QuantParams):
         params = QuantParams.model_validate({k: getattr(params, k) for k in QuantParams.model_fields
                                              if hasattr(params, k)})
@@ -207,4 +209,7 @@ def end_to_end(ctx: Context, first: Path, final: Path, params: Any) -> dict[str,
              + (f" ({c['speedup_ci']['verdict']})" if (c.get("speedup_ci") or {}).get("verdict") else "")
              for c in comparison if c.get("speedup") is not None]
             + [tolerance["text"]]),
+        "notes": [f"{', '.join(trained_by)} trained on this dataset, so these accuracy and "
+                  "fidelity figures include its training samples (optimistic); score on held-out "
+                  "data with an evaluate job"] if trained_by else [],
     }
