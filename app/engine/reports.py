@@ -852,16 +852,16 @@ class PipelineStep(Part):
 class EndToEnd(Part):
     """A pipeline's job input vs its last output, measured together in one run."""
 
-    parent: SizeCount = Field(description="The job's input (after normalisation).")
-    result: SizeCount = Field(description="The last model a step produced.")
-    size_ratio: float
-    comparison: list[ComparePoint]
+    parent: SizeCount | None = Field(default=None, description="The job's input (after normalisation).")
+    result: SizeCount | None = Field(default=None, description="The last model a step produced.")
+    size_ratio: float | None = None
+    comparison: list[ComparePoint] = []
     host_load: HostLoad | None = None
     fidelity: Fidelity | None = None
     accuracy: Accuracy | None = None
     tolerance: Tolerance | None = Field(
         default=None, description="The last model-producing step's tolerance, applied end to end.")
-    summary: str
+    summary: str = Field(description="The figures in a sentence, or why they could not be measured.")
     notes: list[str] = []
 
 

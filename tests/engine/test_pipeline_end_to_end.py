@@ -73,3 +73,21 @@ def test_a_step_that_trained_on_the_dataset_is_named(cnn, tmp_path):
                   {"technique": "quantize.dynamic", "params": GRID}], model, data, tmp_path)
     (note,) = report["end_to_end"]["notes"]
     assert note.startswith("prune.structured trained on this dataset")
+
+
+def test_a_failed_end_to_end_measurement_does_not_fail_the_job(cnn, tmp_path, monkeypatch):
+    """Every step succeeded: the job stands, and the report says the comparison is missing."""
+    from app.engine.errors import InferenceFailed
+    from app.engine.quantize import report as quantize_report
+
+    def broken(*args, **kwargs):
+        raise InferenceFailed("the input model stopped running")
+
+    monkeypatch.setattr(quantize_report, "end_to_end", broken)
+    model, data = cnn
+    report = run([{"technique": "quantize.dynamic", "params": GRID},
+                  {"technique": "quantize.fp16", "params": GRID}], model, data, tmp_path)
+    assert report["end_to_end"]["summary"] == "not measured end to end: the input model stopped running"
+    assert set(report["end_to_end"]) == {"summary"}
+    html, _ = render(report, job={**JOB, "technique": "pipeline"})
+    assert "not measured end to end" in html
