@@ -36,7 +36,7 @@ def candidates_table(report: BaseModel) -> str:
     if not isinstance(report, r.QuantizeAutoReport) or not report.candidates:
         return ""
     return render("candidates.html", candidates=report.candidates, sensitivity=report.sensitivity,
-                  search=report.search, max_rows=MAX_ROWS)
+                  search=report.search, pruning=report.pruning, max_rows=MAX_ROWS)
 
 
 _ENV_LABELS = {"cpu_model": "CPU", "logical_cores": "logical cores", "usable_cores": "usable cores",

@@ -275,6 +275,8 @@ def test_a_pruning_candidate_within_tolerance_is_kept(quadrants, tmp_path):
     ops = {n.op_type for n in onnx.load(str(report_path(tmp_path))).graph.node}
     assert "QuantizeLinear" in ops or "QLinearConv" in ops  # and quantized
     assert not list((tmp_path / "w").glob("prune-*.npz"))  # the split files are gone
+    html, _ = render(report, job={**JOB, "technique": "quantize.auto"})
+    assert "Pruning candidates" in html and "kept 30%" in html and "<td>chosen</td>" in html
 
 
 def test_a_pruning_candidate_outside_tolerance_falls_back_to_quantization(quadrants, tmp_path):
