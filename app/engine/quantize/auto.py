@@ -22,6 +22,7 @@ from app.engine.quantize.params import measure_default
 from app.engine.quantize.static import StaticOptions
 
 Mode = Literal["dynamic", "static"]
+SPLIT_FILES = ("prune-train.npz", "prune-holdout.npz")  # beside the output while the job runs
 
 
 class QuantizeAutoParams(StaticOptions):
@@ -181,7 +182,7 @@ class QuantizeAuto(Technique):
             evaluation=found["evaluation"], grid=found["grid"],
             extra={"sensitivity": found["sensitivity"], "candidates": found["candidates"],
                    "search": found["search"], "pruning": pruning})
-        for part in ("prune-train.npz", "prune-holdout.npz"):
+        for part in SPLIT_FILES:  # read until the report was built
             (ctx.workdir / part).unlink(missing_ok=True)
         return Result(report=report, output_path=output)
 
@@ -213,7 +214,7 @@ def _pruned_search(ctx: Context, params: QuantizeAutoParams, scratch: Any) -> tu
         info["reason"] = f"the dataset's {n} samples are too few to train on and hold out 8+ each"
         return None, info
     # beside the output, not in scratch: the report reads the held-out samples after the search
-    train, held = ctx.workdir / "prune-train.npz", ctx.workdir / "prune-holdout.npz"
+    train, held = (ctx.workdir / part for part in SPLIT_FILES)
     np.savez(train, **{k: v[:cut] if v.ndim else v for k, v in arrays.items()})
     np.savez(held, **{k: v[cut:] if v.ndim else v for k, v in arrays.items()})
     fine_tune = params.prune_fine_tune or FineTune(epochs=20, lr="auto")

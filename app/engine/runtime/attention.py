@@ -40,6 +40,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from app.engine.runtime.normalize import drop_dead
+
 MS_DOMAIN = "com.microsoft"
 LARGE_MODEL_BYTES = 1_800_000_000
 
@@ -293,36 +295,13 @@ def fuse_attention(model: onnx.ModelProto) -> int:
 
 
 def _remove_unused(model: onnx.ModelProto) -> None:
+    """The replaced nodes and weights nothing reads any more, and their shape annotations."""
     graph = model.graph
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-            for attr in node.attribute:  # subgraphs read outer names
-                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    needed.update(_outer_names(sub))
-    keep.reverse()
-    del graph.node[:]
-    graph.node.extend(keep)
-    live = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(live)
+    drop_dead(graph)
     produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     hints = [vi for vi in graph.value_info if vi.name in produced]
     del graph.value_info[:]
     graph.value_info.extend(hints)
-
-
-def _outer_names(graph: onnx.GraphProto) -> set[str]:
-    names = set()
-    for node in graph.node:
-        names.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                names |= _outer_names(sub)
-    return names
 
 
 def _topological_sort(model: onnx.ModelProto) -> None:

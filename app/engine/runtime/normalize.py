@@ -136,7 +136,7 @@ def _fold_constants(model: Any) -> tuple[list[str], int]:
         for name in node.input:
             if name in producer:
                 readers[name] = readers.get(name, False) or node.op_type in LAYER_OPS
-        for name in _subgraph_reads(node) & producer.keys():
+        for name in subgraph_reads(node) & producer.keys():
             readers.setdefault(name, False)
     outputs = {o.name for o in graph.output}
     # A lone Constant is folded only as a layer's weight: modern exports use Constant nodes
@@ -152,7 +152,7 @@ def _fold_constants(model: Any) -> tuple[list[str], int]:
     if not fold:
         return [], 0
     graph.initializer.extend(numpy_helper.from_array(computed[n], n) for n in fold)
-    _drop_dead(graph, set(producer))
+    drop_dead(graph, set(producer))
     constants = [n for n in fold if producer[n].op_type == "Constant"]
     return [n for n in fold if producer[n].op_type != "Constant"], len(constants)
 
@@ -169,7 +169,8 @@ def _foldable(node: Any, known: dict[str, Any], constant_nodes: dict[str, Any]) 
     return all(n == "" or n in known or n in constant_nodes for n in node.input)
 
 
-def _subgraph_reads(node: Any) -> set[str]:
+def subgraph_reads(node: Any) -> set[str]:
+    """Every name the node's subgraphs (If/Loop/Scan bodies, nested) read."""
     names: set[str] = set()
     stack = [a.g for a in node.attribute if a.HasField("g")]
     stack += [g for a in node.attribute for g in a.graphs]
@@ -269,18 +270,19 @@ def _key(node: Any) -> str:
     return next((o for o in node.output if o), "")
 
 
-def _drop_dead(graph: Any, removable: set[str]) -> None:
-    """Remove the ``removable`` (foldable, by ``_key``) nodes whose outputs nothing reads any more, then the
-    initializers nothing reads (a folded weight's shape and parts). Other nodes stay, even
-    dead ones: normalising changes only what it says it changes."""
+def drop_dead(graph: Any, removable: set[str] | None = None) -> None:
+    """Remove the ``removable`` (by ``_key``; None: any) nodes whose outputs nothing reads any
+    more, then the initializers nothing reads (a folded weight's shape and parts). Normalising
+    passes the folded nodes: other nodes stay, even dead ones, as it changes only what it says
+    it changes."""
     outputs = {o.name for o in graph.output}
     while True:
         read = set(outputs)
         for node in graph.node:
             read.update(node.input)
-            read.update(_subgraph_reads(node))
+            read.update(subgraph_reads(node))
         initializers = {t.name for t in graph.initializer}
-        dead = {_key(n) for n in graph.node if _key(n) in removable
+        dead = {_key(n) for n in graph.node if (removable is None or _key(n) in removable)
                 and all(o not in read or o in initializers for o in n.output if o)}
         if not dead:
             break
@@ -290,7 +292,7 @@ def _drop_dead(graph: Any, removable: set[str]) -> None:
     read = set(outputs) | {i.name for i in graph.input}
     for node in graph.node:
         read.update(node.input)
-        read.update(_subgraph_reads(node))
+        read.update(subgraph_reads(node))
     keep_init = [t for t in graph.initializer if t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(keep_init)
