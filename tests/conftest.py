@@ -190,7 +190,7 @@ def mlp_onnx(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def digits_x() -> "np.ndarray":
+def digits_x():
     from sklearn.datasets import load_digits
 
     return (load_digits().data / 16.0).astype("float32")

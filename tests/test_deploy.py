@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest

@@ -6,8 +6,6 @@ loaded. ONNX is parsed as protobuf and checked with ``onnx.checker``.
 
 from __future__ import annotations
 
-import json
-import math
 import zipfile
 from pathlib import Path
 from typing import Any

@@ -1,19 +1,16 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Any
 
 from fastapi import UploadFile
 from sqlalchemy.orm import Session
 
-from app import blobs
 from app.models.formats import inspect_model
 from app.records import JobRecord, ModelRecord, clean_name
 from app.tenants.service import Tenant
 from app.repository import get_owned
 from app.settings import Settings
-from app.store import Store, Staged
+from app.store import Store
 from app.artifacts import delete_stored, ingest
 from app.outputs import model_record
 

@@ -8,7 +8,6 @@ import pickle
 import zipfile
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 

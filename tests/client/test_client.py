@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-import numpy as np
 import onnxruntime as ort
 import pytest
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from datetime import timedelta
 
 import onnx

@@ -10,9 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.engine.measure.fidelity import GENERATED_FIDELITY_SAMPLES, FidelityAccumulator
 from app.engine.base import Device, ProgressFn
 from app.engine.errors import DatasetMismatch
+from app.engine.data.datasets import load_labels
+from app.engine.runtime.inputs import input_specs
+from app.engine.runtime.sessions import create_session, run_session
 
 
 def compare_models(model_path: Path, reference_path: Path | None, feeds: Any, *,
@@ -24,10 +29,6 @@ def compare_models(model_path: Path, reference_path: Path | None, feeds: Any, *,
     of the model's outputs to the reference's. ``feeds`` is an ``app.engine.data.feeds.FeedSource``;
     generated inputs give fidelity only (min(samples, 64) of them). ``strict_labels`` False:
     labels that do not fit the output are reported as an accuracy error, not raised."""
-    from app.engine.data.datasets import load_labels
-    from app.engine.runtime.inputs import input_specs
-    from app.engine.runtime.sessions import create_session, run_session
-
     model, _ = create_session(model_path, threads, device)
     ref = create_session(reference_path, threads, device)[0] if reference_path else None
     specs = input_specs(model)
@@ -103,8 +104,6 @@ class Scores:
         self.classes = 0
 
     def add(self, output: Any, labels: Any, name: str) -> None:
-        import numpy as np
-
         output = np.asarray(output)
         if self.task == "classification":
             self._classify(output, np.asarray(labels).reshape(len(labels), -1), name)
@@ -122,8 +121,6 @@ class Scores:
         self.n += len(target)
 
     def _classify(self, output: Any, labels: Any, name: str) -> None:
-        import numpy as np
-
         if labels.shape[1] != 1:
             raise DatasetMismatch("classification labels must hold one class index per "
                                   f"sample; got {labels.shape[1]} values per sample")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 GENERATED_FIDELITY_SAMPLES = 64  # random inputs say little more with more samples
 # Nearest-neighbour agreement keeps the rows of 2-D outputs: an N x N similarity matrix.
 NN_MAX_SAMPLES = 2048
@@ -28,8 +30,6 @@ class FidelityAccumulator:
         }
 
     def add(self, parent: Sequence[Any], result: Sequence[Any], batch: int) -> None:
-        import numpy as np
-
         for name, p, r in zip(self.names, parent, result, strict=True):
             st = self.state[name]
             p, r = np.asarray(p), np.asarray(r)
@@ -108,8 +108,6 @@ def worst_mean_cosine(outputs: dict[str, Any]) -> float | None:
 def _nn_agreement(rows_p: list[Any], rows_r: list[Any]) -> float:
     """Share of samples whose nearest other sample (cosine) is the same under both models:
     for embeddings, whether retrieval within the dataset still returns the same neighbour."""
-    import numpy as np
-
     def nearest(rows: list[Any]) -> Any:
         x = np.concatenate(rows).astype(np.float64)
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
@@ -121,8 +119,6 @@ def _nn_agreement(rows_p: list[Any], rows_r: list[Any]) -> float:
 
 
 def _cosine_rows(a: Any, b: Any) -> list[float]:
-    import numpy as np
-
     dot = (a * b).sum(axis=1)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     both_zero = (na == 0) & (nb == 0)

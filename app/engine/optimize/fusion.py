@@ -7,9 +7,18 @@ onnx/onnxruntime are imported inside the functions.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import onnx
+import onnxruntime.transformers as package
+from onnx import numpy_helper
+from onnxruntime.transformers import optimizer
 
 from app.engine.errors import TechniqueError, UnsupportedModel
 from app.engine.runtime.isolate import error_name, run_bounded
@@ -39,11 +48,6 @@ def attention_shape(path: Path) -> tuple[int, int] | None:
     too, then h <= d; num_heads = hidden / d. onnxruntime's own
     detection reads only Reshape initializers, which TorchScript exports compute instead (it
     failed on MiniLM, and fusing Attention there needs both given)."""
-    import math
-
-    import onnx
-    from onnx import numpy_helper
-
     graph = onnx.load(str(path), load_external_data=False).graph
     tensors = {t.name: t for t in graph.initializer}
     arrays = []
@@ -97,17 +101,10 @@ def fuse(src: Path, dst: Path, scratch: Path, *, model_type: str | None, num_hea
 
 def _fuse(src: str, dst: str, *, model_type: str | None, num_heads: int, hidden_size: int,
           opt_level: int | None, use_gpu: bool, float16: bool) -> dict[str, Any]:
-    import logging
-    import os
-    import sys
-
-    import onnxruntime.transformers as package
-
     # Its modules import each other by bare name from the folder its __init__ puts on
     # sys.path; a fork server's child gets the parent's sys.path back, without that folder.
     if (folder := os.path.dirname(package.__file__)) not in sys.path:
         sys.path.append(folder)
-    from onnxruntime.transformers import optimizer
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     if model_type is None:

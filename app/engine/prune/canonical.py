@@ -31,15 +31,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import AttributeProto, TensorProto, helper, numpy_helper, shape_inference
+
 from app.engine.base import DEFAULT_NATIVE_STEP_TIMEOUT_S
+from app.engine.runtime.inputs import generate_feed
+from app.engine.runtime.isolate import run_bounded
 
 _POOLS_AND_CONVS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
 
 
 def prunable_copy(path: Path, workdir: Path, deadline_s: float = DEFAULT_NATIVE_STEP_TIMEOUT_S) -> Path:
     """The model rewritten for pruning (``path`` itself when no rewrite applies)."""
-    from app.engine.runtime.isolate import run_bounded
-
     target = workdir / "prunable.onnx"
     changed = run_bounded(_rewrite_file, str(path), str(target), deadline_s=deadline_s,
                           step="ONNX rewrites before pruning", cwd=workdir)
@@ -47,8 +52,6 @@ def prunable_copy(path: Path, workdir: Path, deadline_s: float = DEFAULT_NATIVE_
 
 
 def _rewrite_file(source: str, target: str) -> list[str]:
-    import onnx
-
     model = onnx.load(source, load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return []  # its weights stay beside the original: converted from there, unchanged
@@ -61,8 +64,6 @@ def _rewrite_file(source: str, target: str) -> list[str]:
 
 def canonicalize(model: Any) -> list[str]:
     """Rewrite ``model`` (an onnx.ModelProto) in place; returns what was changed."""
-    from onnx import shape_inference
-
     inferred = shape_inference.infer_shapes(model)
     shapes = _shapes(inferred.graph)
     constants = _constants(model.graph)
@@ -90,8 +91,6 @@ def canonicalize(model: Any) -> list[str]:
 def _fold_identities(graph: Any) -> list[str]:
     """Identity nodes that only rename an initializer (the TorchScript exporter writes them for
     weights it deduplicated) are removed: onnx2torch looks weights up among initializers."""
-    from onnx import AttributeProto
-
     if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return []  # a subgraph may read the renamed value: leave the names alone
     weights = {init.name for init in graph.initializer}
@@ -123,8 +122,6 @@ def _shapes(graph: Any) -> dict[str, list[int | str | None]]:
 
 def _constants(graph: Any) -> dict[str, list[int]]:
     """Integer tensors known without running the graph (initializers, Constant nodes)."""
-    from onnx import TensorProto, numpy_helper
-
     out = {}
     for init in graph.initializer:
         if init.data_type in (TensorProto.INT32, TensorProto.INT64):
@@ -138,8 +135,6 @@ def _constants(graph: Any) -> dict[str, list[int]]:
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
-    from onnx import helper
-
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -147,8 +142,6 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
 
 
 def _set_attr(node: Any, name: str, value: Any) -> None:
-    from onnx import helper
-
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
     node.attribute.extend(kept)
@@ -243,7 +236,6 @@ def _channel_groups_reshape(node: Any, shapes: dict, constants: dict, graph: Any
     Transpose, then back to (N, C, H, W), rewritten to take C/g and C from x's shape at run time
     (as the TorchScript exporter writes them), so they follow a pruned C. Returns the nodes
     computing the new shape (to insert before ``node``), or [] when not such a reshape."""
-    import numpy as np
     from onnx import helper, numpy_helper
 
     source = shapes.get(node.input[0])
@@ -298,11 +290,7 @@ def _constant_reshape_targets(model: Any, source: str) -> list[str]:
     channels (dimension 1) stays a copy, so it follows pruning. onnx2torch's shape operators
     export with the sizes they were traced at, so a computed target would come back with the
     batch baked in. Only for inputs whose dimensions other than the first are fixed (images)."""
-    import numpy as np
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper, shape_inference
-
-    from app.engine.runtime.inputs import generate_feed
 
     graph = model.graph
     weights = {i.name for i in graph.initializer}
@@ -358,6 +346,4 @@ def _constant_reshape_targets(model: Any, source: str) -> list[str]:
 
 
 def _copy(model: Any) -> Any:
-    import onnx
-
     return onnx.ModelProto.FromString(model.SerializeToString())

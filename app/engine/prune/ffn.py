@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
 from app.engine.errors import InvalidParams, UnsupportedModel
+from app.engine.runtime.sessions import create_session
 
 # Ops that work element by element: inside an FFN they keep neuron j in position j.
 ELEMENTWISE = {"Gelu", "Erf", "Div", "Mul", "Add", "Sub", "Tanh", "Sigmoid", "Relu", "Pow",
@@ -74,8 +79,6 @@ class Graph:
     """Look-ups over one ONNX graph: producers, consumers, constants."""
 
     def __init__(self, model: Any) -> None:
-        from onnx import numpy_helper
-
         self.model, g = model, model.graph
         self.inits = {t.name: t for t in g.initializer}
         self.constants: dict[str, Any] = {}
@@ -109,8 +112,6 @@ class Graph:
         return None
 
     def array(self, name: str) -> Any:
-        from onnx import numpy_helper
-
         name = self.source(name)
         return numpy_helper.to_array(self.inits[name]) if name in self.inits else self.constants[name]
 
@@ -266,8 +267,6 @@ def _activation_name(ops: set[str], gated: bool) -> str:
 
 def neuron_norms(graph: Graph, proj: Proj, p: int) -> Any:
     """L_p norm of each neuron's slice of ``proj``'s weight."""
-    import numpy as np
-
     w = np.abs(graph.array(proj.weight).astype(np.float64)) ** p
     return w.sum(axis=1 - proj.axis) ** (1 / p)
 
@@ -281,8 +280,6 @@ def activation_means(path: Path, blocks: Sequence[Block], feeds: Iterable[dict[s
                      workdir: Path) -> list[Any]:
     """Mean |activation| per neuron at each block's down-projection input, over ``feeds``,
     run in onnxruntime on the parent with those tensors exposed as outputs."""
-    import numpy as np
-
     names = [b.activation_tensor() for b in blocks]
     session = _session_with_outputs(path, names, workdir / "ffn-activations.onnx")
     sums = [np.zeros(b.width) for b in blocks]
@@ -297,11 +294,6 @@ def activation_means(path: Path, blocks: Sequence[Block], feeds: Iterable[dict[s
 
 
 def _session_with_outputs(path: Path, names: Sequence[str], scratch: Path) -> Any:
-    import onnx
-    from onnx import helper
-
-    from app.engine.runtime.sessions import create_session
-
     model = onnx.load(str(path), load_external_data=False)
     have = {o.name for o in model.graph.output}
     for name in dict.fromkeys(names):
@@ -339,8 +331,6 @@ def prune_blocks(model: Any, blocks: Sequence[Block], scores: Sequence[Any], rat
     """Slice every unprotected block of ``model`` in place to its best-scoring neurons; returns
     one report entry per block and the names of the sliced initializers (each read by one
     node). Initializers another node also reads get a pruned copy."""
-    import numpy as np
-
     graph = Graph(model)
     out, sliced, stale = [], [], set()
     for block, score in zip(blocks, scores):
@@ -377,8 +367,6 @@ def prune_blocks(model: Any, blocks: Sequence[Block], scores: Sequence[Any], rat
 def _rewrite(graph: Graph, node: Any, index: int, value: Any) -> None:
     """Point ``node.input[index]`` at ``value``: in place when nothing else reads the
     initializer, else as a new initializer."""
-    from onnx import numpy_helper
-
     name = node.input[index]
     if name in graph.inits and graph.uses[name] == 1:
         graph.inits[name].CopyFrom(numpy_helper.from_array(value, name))
@@ -437,8 +425,6 @@ def block_parameters(model: Any, blocks: Sequence[Block]) -> int:
 def onnx_macs(path: Path, feed: dict[str, Any], workdir: Path) -> int | None:
     """Multiply-accumulates of MatMul / Gemm / Conv for one sample of ``feed`` (batch 1),
     shapes read from a run with those nodes' inputs and outputs exposed. None when it fails."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     graph = Graph(model)
     nodes = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv", "ConvTranspose")]

@@ -14,8 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
 from app.engine.base import Context
 from app.engine.errors import UnsupportedModel
+from app.engine.pytorch import data as td
+from app.engine.pytorch.loading import import_onnx2torch, onnx_to_torch
+from app.engine.pytorch.runner import torch_device, train
 
 
 def recover(ctx: Context, model: Any, output: Path, targets: list[str], data: dict[str, Any],
@@ -23,13 +30,7 @@ def recover(ctx: Context, model: Any, output: Path, targets: list[str], data: di
     """Train ``targets`` (initializer names of ``model``, already saved at ``output``) against
     the job's model on ``data``; rewrites ``output`` and returns the report's ``training``
     section, or None (with the reason in ``notes``) when the graph cannot be trained in torch."""
-    import onnx
     import torch
-    from onnx import numpy_helper
-
-    from app.engine.pytorch import data as td
-    from app.engine.pytorch.loading import onnx_to_torch
-    from app.engine.pytorch.runner import torch_device, train
 
     try:
         module = onnx_to_torch(output, ctx.workdir, ctx.native_step_timeout_s)
@@ -69,11 +70,7 @@ def trainable(module: Any, model: Any, targets: list[str]) -> dict[str, tuple[An
     it), or the weight of the module our converters made of the node reading it: the
     ``nn.Linear`` of a MatMul by a constant (its weight is the matrix transposed), or an
     ``OnnxConstantOperand``. Each is checked by value against the ONNX tensor."""
-    import numpy as np
     import torch
-    from onnx import numpy_helper
-
-    from app.engine.pytorch.loading import import_onnx2torch
 
     import_onnx2torch()
     from onnx2torch.onnx_graph import OnnxGraph

@@ -13,6 +13,7 @@ chain), and the report's ``partial`` says which operators held the others.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,8 +63,6 @@ def structured_prune(module: Any, sample: Sequence[Any], *, ratio: float, import
     """Prune ``module`` in place; returns what was kept and why. ``sample`` is a batch of real
     (or generated) inputs: it traces the graph and, for ``taylor``, provides the gradients.
     A graph Torch-Pruning cannot prune whole is restored and pruned group by group."""
-    import copy
-
     import torch_pruning as tp
 
     layers = prunable_layers(module)

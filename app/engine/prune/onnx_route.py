@@ -8,8 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from app.engine.base import Context
 from app.engine.errors import InvalidParams
+from app.engine.prune import ffn
+from app.engine.pytorch import data as td, report as tr
+from app.engine.pytorch.export import io_specs, sample_feed, verify_against
+from app.engine.runtime.inputs import generate_feed
+from app.engine.runtime.model_info import inspect_onnx
 
 HEADS_NOT_PRUNED = (
     "not pruned: the Q/K/V Reshape nodes that split heads take a shape computed at run time "
@@ -25,9 +32,6 @@ def uses_onnx_route(path: Path, method: str) -> bool:
     the torch route."""
     if method != "auto":
         return method == "onnx"
-    import onnx
-
-    from app.engine.prune import ffn
 
     model = onnx.load(str(path), load_external_data=False)
     if not ffn.has_attention(model):
@@ -38,8 +42,6 @@ def uses_onnx_route(path: Path, method: str) -> bool:
 
 def _feeds(ctx: Context, data: dict[str, Any] | None, batch: int = 16,
            samples: int = 256) -> list[dict[str, Any]]:
-    from app.engine.pytorch.export import sample_feed
-
     if data is None:
         return [sample_feed(ctx.model_path, batch=8)]
     n = min(samples, len(data["inputs"][0]))
@@ -49,13 +51,6 @@ def _feeds(ctx: Context, data: dict[str, Any] | None, batch: int = 16,
 
 def run(ctx: Context, p: Any, name: str) -> tuple[dict[str, Any], Path]:
     """The report (before ``checked``) and the output path."""
-    import onnx
-
-    from app.engine.prune import ffn
-    from app.engine.pytorch import data as td, report as tr
-    from app.engine.pytorch.export import verify_against
-    from app.engine.runtime.model_info import inspect_onnx
-
     ctx.progress(0.0, "finding FFN blocks")
     model = onnx.load(str(ctx.model_path), load_external_data=False)
     blocks = ffn.require_blocks(model)
@@ -132,9 +127,6 @@ def run(ctx: Context, p: Any, name: str) -> tuple[dict[str, Any], Path]:
 
 def _one_sample(path: Path, p: Any) -> dict[str, Any]:
     """One generated sample shaped as the latency grid's inputs (the job's dims)."""
-    from app.engine.pytorch.export import io_specs
-    from app.engine.runtime.inputs import generate_feed
-
     return generate_feed(io_specs(path)[0], 1, dims=p.dims, default_dim=p.default_dim,
                          int_high=p.int_high)
 

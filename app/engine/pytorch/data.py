@@ -8,16 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.engine.errors import DatasetMismatch, UnsupportedModel
+from app.engine.data.datasets import dataset_samples, load_dataset, load_labels
+from app.engine.pytorch.export import io_specs
+from app.engine.runtime.sessions import create_session, run_session
 
 
 def load_arrays(dataset: Path, model: Path, *, need_labels: bool, why: str) -> dict[str, Any]:
     """``{"inputs": [...], "labels": array | None, "names": [...]}`` for ``model``'s inputs."""
-    import numpy as np
-
-    from app.engine.data.datasets import dataset_samples, load_dataset, load_labels
-    from app.engine.pytorch.export import io_specs
-
     specs, _ = io_specs(model)
     arrays = load_dataset(dataset, specs)
     labels = load_labels(dataset, dataset_samples(arrays))
@@ -36,8 +36,6 @@ def load_arrays(dataset: Path, model: Path, *, need_labels: bool, why: str) -> d
 
 def split(data: dict[str, Any], val_fraction: float, seed: int) -> tuple[dict, dict | None]:
     """A seeded random split; None for the held-out part when it would be empty."""
-    import numpy as np
-
     n = len(data["inputs"][0])
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_fraction))
@@ -56,10 +54,6 @@ def split(data: dict[str, Any], val_fraction: float, seed: int) -> tuple[dict, d
 def teacher_outputs(model: Path, data: dict[str, Any], device: str = "cpu",
                     batch: int = 256) -> Any:
     """The first output of ``model`` on every sample, float32, whatever its shape."""
-    import numpy as np
-
-    from app.engine.runtime.sessions import create_session, run_session
-
     session = create_session(model, 1, device)[0]  # type: ignore[arg-type]
     outs = []
     for start in range(0, len(data["inputs"][0]), batch):
@@ -87,8 +81,6 @@ def check_labels(data: dict[str, Any], classes: int) -> None:
 
 def save_heldout(data: dict[str, Any], path: Path) -> Path:
     """The held-out split as an .npz the ONNX evaluation code reads like any dataset."""
-    import numpy as np
-
     arrays = dict(zip(data["names"], data["inputs"]))
     if data.get("labels") is not None:
         arrays["labels"] = data["labels"]

@@ -22,8 +22,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.engine.errors import TechniqueError
-from app.engine.pytorch.train import EpochFn, TrainConfig
+from app.engine.pytorch.train import EpochFn, TrainConfig, fit
+from app.engine.pytorch.loading import hand_to_child, taken_from_parent
 
 ROOT = Path(__file__).resolve().parents[3]  # the directory holding the ``app`` package
 
@@ -35,8 +38,6 @@ def _free_port() -> int:
 
 
 def _save_arrays(data: dict | None, path: Path) -> None:
-    import numpy as np
-
     if data is None:
         return
     arrays = {f"input_{i}": a for i, a in enumerate(data["inputs"])}
@@ -45,8 +46,6 @@ def _save_arrays(data: dict | None, path: Path) -> None:
 
 
 def _load_arrays(path: Path) -> dict | None:
-    import numpy as np
-
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as z:
@@ -58,9 +57,6 @@ def _load_arrays(path: Path) -> dict | None:
 def _rank_main(workdir: Path, rank: int, world: int, port: int, cuda: bool) -> None:
     import torch
     import torch.distributed as dist
-
-    from app.engine.pytorch.loading import taken_from_parent
-    from app.engine.pytorch.train import fit
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # ranks share the cores
     model = taken_from_parent(workdir / "model.pkl")
@@ -99,8 +95,6 @@ def train_parallel(model: Any, train: dict, val: dict | None, cfg: TrainConfig, 
     """Train ``model`` on ``processes`` ranks; load the result into ``model``. Returns the
     history and every rank's final state dict."""
     import torch
-
-    from app.engine.pytorch.loading import hand_to_child
 
     workdir.mkdir(parents=True, exist_ok=True)
     hand_to_child(model.cpu(), workdir / "model.pkl")

@@ -9,24 +9,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.engine.base import DEFAULT_NATIVE_STEP_TIMEOUT_S
 from app.engine.errors import UnsupportedModel
+from app.engine.pytorch.loading import hand_to_child, taken_from_parent
+from app.engine.runtime.inputs import generate_feed
+from app.engine.runtime.isolate import StepFailed, run_bounded
+from app.engine.runtime.model_info import inspect_onnx
+from app.engine.runtime.sessions import create_session, short_reason
 
 OPSET = 17
 
 
 def io_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(inputs, outputs) of an ONNX file as ``inspect_onnx`` describes them."""
-    from app.engine.runtime.model_info import inspect_onnx
-
     info = inspect_onnx(path)
     return info["inputs"], info["outputs"]
 
 
 def sample_feed(path: Path, batch: int = 2, seed: int = 0) -> dict[str, Any]:
     """A small generated feed for ``path`` (symbolic dims other than batch resolve to 8)."""
-    from app.engine.runtime.inputs import generate_feed
-
     inputs, _ = io_specs(path)
     return generate_feed(inputs, batch, dims={}, default_dim=8, int_high=10, seed=seed)
 
@@ -37,9 +40,6 @@ def export_module(module: Any, sample: Sequence[Any], path: Path, parent: Path,
     is symbolic in the parent. The TorchScript exporter is used because onnx2torch modules
     carry export hooks for it, and it is fast and deterministic. The export runs in a child
     killed at ``deadline_s``; the module and sample reach it through ``hand_to_child``."""
-    from app.engine.pytorch.loading import hand_to_child
-    from app.engine.runtime.isolate import StepFailed, run_bounded
-
     inputs, outputs = io_specs(parent)
     dynamic = {s["name"]: {0: s["shape"][0]} for s in inputs + outputs
                if s["shape"] and isinstance(s["shape"][0], str)}
@@ -61,8 +61,6 @@ def export_module(module: Any, sample: Sequence[Any], path: Path, parent: Path,
 def _export(saved: str, path: str, input_names: list[str], output_names: list[str], dynamic: dict) -> None:
     import torch
 
-    from app.engine.pytorch.loading import taken_from_parent
-
     state = taken_from_parent(Path(saved))
     module, sample = state["module"], state["sample"]
     with warnings.catch_warnings(), torch.no_grad():
@@ -75,8 +73,6 @@ def verify_against(parent: Path, result: Path, batches: Sequence[int] = (2, 3)) 
     """Load ``result`` in onnxruntime, run it and the parent on the same generated inputs, and
     require the same output names and shapes. Raises UnsupportedModel: never return a model
     that does not run or does not fit where the parent fitted."""
-    from app.engine.runtime.sessions import create_session, short_reason
-
     parent_session = create_session(parent, 1)[0]
     try:
         session = create_session(result, 1)[0]
@@ -117,10 +113,6 @@ def compare_export(output: Path, feed: Mapping[str, Any], expected: Sequence[Any
     when the shapes differ or an error passes ``atol`` (a NaN error counts as passing it);
     returns the report's ``result``, ``verification`` and ``symbolic_batch``. ``of`` names the
     original in messages ("the program", "the Keras model")."""
-    import numpy as np
-
-    from app.engine.runtime.sessions import create_session, short_reason
-
     session = create_session(output, 1, device)[0]
     try:
         got = session.run(None, dict(feed))

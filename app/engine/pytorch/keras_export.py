@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import os
 import resource
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.engine.errors import UnsupportedModel
+from app.engine.pytorch.export import compare_export, sample_feed
+from app.engine.runtime.keras_archive import UnsafeKerasModel, read_manifest
 
 KERAS_SUFFIX = {"keras": ".keras", "h5": ".h5"}
 # Generous for the models Lathe converts, small beside a host: a hostile file can't fill the
@@ -70,10 +75,6 @@ def _export(model: Any, output: Path, opset: int) -> None:
 def convert_keras(source: str, target: str, opset: int, atol: float, cpu_seconds: float,
                   confinement: dict) -> dict:
     """Check, load, export and verify (cwd = the child's folder); the report as JSON-able data."""
-    import warnings
-
-    from app.engine.runtime.keras_archive import UnsafeKerasModel, read_manifest
-
     source_path, output = Path(source).resolve(), Path(target).resolve()
     limits = limit_resources(source_path.stat().st_size, cpu_seconds)
     try:
@@ -82,7 +83,6 @@ def convert_keras(source: str, target: str, opset: int, atol: float, cpu_seconds
         raise UnsupportedModel(f"refused: {exc}") from None
     os.environ["KERAS_BACKEND"] = "torch"
     os.environ["KERAS_HOME"] = str(Path.cwd() / ".keras")
-    import numpy as np
     import torch
 
     with warnings.catch_warnings():
@@ -112,8 +112,6 @@ def convert_keras(source: str, target: str, opset: int, atol: float, cpu_seconds
 
 def _verify(model: Any, output: Path, atol: float, opset: int, manifest: Any, sandbox: dict,
             torch_version: str, keras_version: str, np: Any) -> dict:
-    from app.engine.pytorch.export import compare_export, sample_feed
-
     feed = sample_feed(output)
     args = list(feed.values())
     expected = model(args[0] if len(args) == 1 else args, training=False)

@@ -10,11 +10,16 @@ from typing import Any
 
 from app.engine.params import MeasureParams
 from app.engine.base import Context
+from app.engine.data.feeds import FeedSource
+from app.engine.measure.accuracy import compare_models
+from app.engine.measure.latency import measure_grid
+from app.engine.measure.speedup import overall_verdict, point_estimate
+from app.engine.pytorch.macs import count_macs, count_parameters
+from app.engine.quantize.report import compare_point
+from app.engine.runtime.environment import describe_environment
 
 
 def stats(path: Path, module: Any, sample: Any) -> dict[str, Any]:
-    from app.engine.pytorch.macs import count_macs, count_parameters
-
     return {"parameter_count": count_parameters(module), "macs": count_macs(module, sample),
             "size_bytes": path.stat().st_size}
 
@@ -22,11 +27,6 @@ def stats(path: Path, module: Any, sample: Any) -> dict[str, Any]:
 def compare(ctx: Context, params: MeasureParams, result: Path, evaluation_data: Path | None,
             span: tuple[float, float]) -> dict[str, Any]:
     """Latency grid and accuracy/fidelity of ``result`` against the job's model."""
-    from app.engine.measure.accuracy import compare_models
-    from app.engine.data.feeds import FeedSource
-    from app.engine.measure.latency import measure_grid
-    from app.engine.quantize.report import compare_point
-
     mid = span[0] + (span[1] - span[0]) * 0.3
     feeds = FeedSource(params, evaluation_data)
     evaluation = compare_models(result, ctx.model_path, feeds, samples=10_000, batch_size=64,
@@ -48,8 +48,6 @@ def compare(ctx: Context, params: MeasureParams, result: Path, evaluation_data: 
 def verdict(parent: dict, result: dict, measured: dict, *, speed_claim: bool = True) -> dict:
     """``faster`` from the interleaved speedup intervals of every point (True only when each
     excludes 1; None when the measurement could not tell, e.g. on a busy host)."""
-    from app.engine.measure.speedup import overall_verdict, point_estimate
-
     points = measured["latency"]
     speedups = [p["speedup"] for p in points]
     speed = overall_verdict([point_estimate(p) for p in points]) if speedups else None
@@ -81,8 +79,6 @@ def verdict(parent: dict, result: dict, measured: dict, *, speed_claim: bool = T
 
 def environment() -> dict[str, Any]:
     import torch
-
-    from app.engine.runtime.environment import describe_environment
 
     env = describe_environment()
     env["torch"] = torch.__version__

@@ -10,6 +10,7 @@ from typing import Any
 
 from app.engine.base import Context
 from app.engine.pytorch.params import TrainingParams
+from app.engine.pytorch.train import TrainConfig, choose_recipe, fit
 
 
 def torch_device(ctx: Context, notes: list[str]) -> str:
@@ -27,8 +28,6 @@ def train(ctx: Context, module: Any, train_data: dict, val_data: dict | None,
           params: TrainingParams, *, temperature: float, alpha: float, device: str,
           span: tuple[float, float], objective: str = "kd") -> dict[str, Any]:
     """Train ``module`` in place; returns the report's ``training`` section."""
-    from app.engine.pytorch.train import TrainConfig, choose_recipe, fit
-
     samples = len(train_data["inputs"][0])
     cfg = TrainConfig(epochs=params.epochs, lr=params.lr_value() or 1e-3,
                       optimizer="adamw" if params.optimizer == "auto" else params.optimizer,

@@ -9,9 +9,13 @@ up front so training never runs the teacher and data-parallel ranks never need i
 from __future__ import annotations
 
 import math
+import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 EpochFn = Callable[[int, dict[str, Any]], None]
 
@@ -100,7 +104,6 @@ def evaluate(model: Any, data: dict[str, Any], cfg: TrainConfig, device: Any, *,
     """Loss (the training objective) and accuracy on ``data``: against labels when there are
     labels, else agreement with the teacher's top-1. ``per_sample``: also ``losses``, the
     loss of every sample (numpy), for telling a real difference between models from noise."""
-    import numpy as np
     import torch
 
     tensors, n = _tensors(data)
@@ -196,8 +199,6 @@ def lr_range_test(model: Any, train: dict[str, Any], cfg: TrainConfig, *, device
     """Leslie Smith's range test on a copy of ``model``: raise the LR exponentially each step,
     record the smoothed loss, stop when it diverges. Returns ``suggest_lr(curve)["proposed"]``
     and the curve."""
-    import copy
-
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -241,8 +242,6 @@ def suggest_lr(curve: list[dict[str, float]], start: float = 1e-6, end: float = 
     a blow-up that kills the network (no BatchNorm to absorb it) the loss of a saturated model
     can creep down again and put the "minimum" past the point of divergence, while the
     steepest descent stays where training really works."""
-    import numpy as np
-
     if not curve:
         return {"min_over_10": start, "steepest": start, "proposed": start}
     lrs = np.log10([p["lr"] for p in curve])
@@ -266,8 +265,6 @@ def _probe(model: Any, train: dict[str, Any], val: dict[str, Any], cfg: TrainCon
            device: Any, steps: int) -> dict[str, Any]:
     """A copy of ``model`` trained ``steps`` steps with ``cfg``, its LR decayed from ``cfg.lr``
     to 0 on a cosine like a full run's, scored on ``val`` sample by sample."""
-    import copy
-
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -302,8 +299,6 @@ def within_noise(a: dict[str, Any], b: dict[str, Any], z: float = 2.0) -> bool:
     """Is probe ``a`` no worse than probe ``b`` beyond the noise of the held-out sample? Both
     were scored on the same samples, so the test is paired: mean loss difference <= ``z``
     standard errors of the per-sample differences."""
-    import numpy as np
-
     if a["losses"] is None:
         return b["losses"] is None
     if b["losses"] is None:
@@ -332,8 +327,6 @@ def choose_recipe(model: Any, train: dict[str, Any], val: dict[str, Any] | None,
     (x3 or /3, at most twice) so that the choice is bracketed. A different optimizer or batch
     size (at the rate scaled by the square root of the batch ratio) replaces the choice only
     when it is better beyond noise. Returns the config and the report section."""
-    import time
-
     began = time.perf_counter()
     if val is None or not len(val["inputs"][0]):
         cut = max(1, len(train["inputs"][0]) // 5)

@@ -9,6 +9,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnxruntime as ort
+
+from app.engine.measure.speedup import overall_verdict, point_estimate
+
 # Nodes a quantizer emits. DequantizeLinear alone marks weight-only quantization (Gather).
 QUANT_OPS = frozenset({
     "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
@@ -26,8 +31,6 @@ FLOAT_COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "Attention", "LSTM"})
 
 def op_counts(path: Path) -> Counter[str]:
     """Node op types of the model file, subgraphs (If/Loop/Scan bodies) included."""
-    import onnx
-
     counts: Counter[str] = Counter()
     stack = [onnx.load(str(path), load_external_data=False).graph]
     while stack:
@@ -53,8 +56,6 @@ def candidate_ops(looked_for: list[str]) -> set[str]:
 def qdq_compute(path: Path) -> int:
     """Float compute nodes (Conv, MatMul...) fed by a DequantizeLinear weight: in QDQ format
     they are quantized, and onnxruntime fuses them into integer kernels at load time."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return sum(1 for n in graph.node
@@ -64,8 +65,6 @@ def qdq_compute(path: Path) -> int:
 def runtime_op_counts(path: Path, scratch: Path) -> Counter[str] | None:
     """Op types of the graph onnxruntime actually runs (after its load-time fusions), or
     None if it cannot be saved. It is what tells fused from unfused Q/DQ pairs."""
-    import onnxruntime as ort
-
     out = scratch / "runtime-graph.onnx"
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -167,8 +166,6 @@ def verdict(comparison: list[dict], size_ratio: float, nodes: dict, provider: st
     than the noise threshold); NOT faster only where a point's interval is below 1; otherwise
     the speed is "inconclusive", with the reason (``app.engine.measure.speedup``).
     ``tolerance``: {"within": bool | None, "text": str} from quant_report.tolerance_check."""
-    from app.engine.measure.speedup import overall_verdict, point_estimate
-
     ests = [point_estimate(p) for p in comparison]
     overall = overall_verdict(ests)
     slow = [p for p, e in zip(comparison, ests) if e["verdict"] == "slower"]

@@ -13,8 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+from onnxruntime.quantization.calibrate import (HistogramCalibrater, HistogramCollector, TensorData,
+                                                create_calibrator, save_tensors_data)
+from onnxruntime.quantization.registry import QDQRegistry
+
 from app.engine.quantize.ort_tools import Staged, run_quantizer
 from app.engine.errors import DatasetMismatch
+from app.engine.quantize.smooth import integer_w8a8, static_w8a8
 
 # Static QDQ with per-channel weights needs opset 13 (per-axis QuantizeLinear).
 STATIC_MIN_OPSET = 13
@@ -22,8 +31,6 @@ CALIBRATION_BATCH = 16
 
 
 def default_static_op_types() -> list[str]:
-    from onnxruntime.quantization.registry import QDQRegistry
-
     return list(QDQRegistry)
 
 
@@ -48,8 +55,6 @@ class Calibration:
     fixed: int | None  # the model's fixed batch size, if it has one
 
     def reader(self) -> Any:
-        from onnxruntime.quantization import CalibrationDataReader
-
         cal, step = self, self.fixed or CALIBRATION_BATCH
 
         class Reader(CalibrationDataReader):
@@ -97,8 +102,6 @@ def smooth_static(stage: Staged, dst: Path, *, reader: Calibration, alpha: float
 def _smooth_static(src: Path, dst: Path, *, reader: Calibration, alpha: float | None,
                    mask_padding: bool, per_channel: bool, fmt: str, op_types: list[str],
                    exclude: list[str]) -> dict[str, Any]:
-    from app.engine.quantize.smooth import integer_w8a8, static_w8a8
-
     feeds = list(iter(reader.reader().get_next, None))
     if fmt == "integer":
         return integer_w8a8(src, dst, feeds, alpha=alpha, mask_padding=mask_padding, exclude=exclude)
@@ -116,9 +119,6 @@ def _quantize_static(src: Path, dst: Path, *, reader: Calibration | None, cache:
                      calibration: str, per_channel: bool, fmt: str, activation_type: str,
                      weight_type: str, reduce_range: bool, op_types: list[str] | None,
                      exclude: list[str], only: list[str] | None) -> list[str]:
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibration]
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -147,11 +147,6 @@ def _calibrate(src: Path, reader: Calibration, method: Any, op_types: list[str] 
     """onnxruntime's calibration, written to ``cache``, minus attention-mask values: returns the
     tensors that held values beyond MASK_MAGNITUDE. Histogram methods see only their finite
     values; every such tensor's range is clipped (its nodes stay float, see ``_touching``)."""
-    import numpy as np
-    from onnxruntime.quantization.calibrate import (HistogramCalibrater, HistogramCollector,
-                                                    TensorData, create_calibrator,
-                                                    save_tensors_data)
-
     masked: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="calibration-", dir=".") as tmp:
         calibrator = create_calibrator(src, op_types, calibrate_method=method,
@@ -195,8 +190,6 @@ def _calibrate(src: Path, reader: Calibration, method: Any, op_types: list[str] 
 def _touching(src: Path, tensors: set[str]) -> list[str]:
     """Nodes producing or reading any of ``tensors``: quantizing them would clip the mask (a
     masked position would get attention weight), so they stay float."""
-    import onnx
-
     if not tensors:
         return []
     graph = onnx.load(str(src), load_external_data=False).graph

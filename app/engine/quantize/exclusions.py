@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.engine.errors import InvalidParams, TechniqueError
+import onnx
+
+from app.engine.errors import InvalidParams, TechniqueError, NotApplicable, UnsupportedModel
+from app.engine.quantize.analysis import candidate_ops, op_counts
 
 # Ops whose weight (second input, or first for Gather) is what quantization shrinks.
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "Gather": 0,
@@ -18,8 +21,6 @@ WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "Gather":
 
 def node_names(path: Path) -> dict[str, str]:
     """{node name: op type} of the top-level graph (unnamed nodes cannot be excluded)."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     return {n.name: n.op_type for n in graph.node if n.name}
 
@@ -45,8 +46,6 @@ def resolve_exclusions(uploaded: Path, staged: Path, exclude_nodes: Sequence[str
 def weighted_nodes(path: Path, op_types: Sequence[str]) -> list[dict[str, Any]]:
     """Nodes of ``op_types`` whose weight is a constant: what a quantizer would change, in
     graph order, with their weight's element count."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {t.name: t for t in graph.initializer}
     consts = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -69,8 +68,6 @@ def weighted_nodes(path: Path, op_types: Sequence[str]) -> list[dict[str, Any]]:
 def constant_subgraph_weights(path: Path, op_types: Sequence[str]) -> list[str]:
     """Nodes of ``op_types`` whose weight is computed at run time from constants only (e.g.
     Constant -> Transpose): quantizers skip them unless the graph is constant-folded first."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     constant = {t.name for t in graph.initializer}
     for node in graph.node:  # graph order is topological
@@ -92,9 +89,6 @@ def constant_subgraph_weights(path: Path, op_types: Sequence[str]) -> list[str]:
 def nothing_to_quantize(model: Path, looked_for: Sequence[str], what: str,
                         preprocess: bool) -> TechniqueError:
     """The refusal when a quantizer found (or would find) nothing to change, with the reason."""
-    from app.engine.quantize.analysis import candidate_ops, op_counts
-    from app.engine.errors import NotApplicable, UnsupportedModel
-
     ops = op_counts(model)
     candidates = candidate_ops(list(looked_for))
     present = sorted(op for op in ops if op in candidates)

@@ -16,14 +16,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import onnx
+from onnxruntime.quantization.base_quantizer import BaseQuantizer
+from onnxruntime.quantization.quant_utils import (ONNX_TYPE_TO_NP_TYPE, TENSOR_NAME_QUANT_SUFFIX,
+                                                  find_by_name, get_qmin_qmax_for_qType, normalize_axis,
+                                                  tensor_proto_to_array)
 
 
 def quantize_channels(weights: np.ndarray, axis: int, qtype: int, symmetric: bool, reduce_range: bool,
                       min_real_range: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(zero points, scales, quantized weights) per channel along ``axis``, as onnxruntime's
     ``compute_scale_zp`` + ``quantize_nparray`` give them channel by channel."""
-    from onnxruntime.quantization.quant_utils import ONNX_TYPE_TO_NP_TYPE, get_qmin_qmax_for_qType
-
     moved = np.moveaxis(weights, axis, 0)
     flat = moved.reshape(moved.shape[0], -1)
     qmin, qmax = get_qmin_qmax_for_qType(qtype, reduce_range, symmetric=symmetric)
@@ -54,11 +57,6 @@ def quantize_channels(weights: np.ndarray, axis: int, qtype: int, symmetric: boo
 @contextmanager
 def vectorized_per_channel() -> Iterator[None]:
     """Inside: onnxruntime's per-channel weight quantization runs vectorized where it can."""
-    import onnx
-    from onnxruntime.quantization.base_quantizer import BaseQuantizer
-    from onnxruntime.quantization.quant_utils import (TENSOR_NAME_QUANT_SUFFIX, find_by_name, normalize_axis,
-                                                      tensor_proto_to_array)
-
     original = BaseQuantizer.quantize_weight_per_channel_impl
 
     def fast(self, weight_name, weight_qType, channel_axis, reduce_range=True, keep_float_weight=False):  # noqa: N803

@@ -8,6 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
+
 from app.engine.quantize.ort_tools import Staged, run_quantizer
 
 # 4-bit Gather (GatherBlockQuantized) stores int4 tensors, which need opset 21 / IR 10.
@@ -25,10 +32,6 @@ def convert_fp16(stage: Staged, dst: Path, *, exclude_nodes: Sequence[str],
 
 def _convert_fp16(src: Path, dst: Path, *, exclude_nodes: list[str],
                   exclude_op_types: list[str]) -> None:
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
     model = onnx.load(str(src))
     converted = convert_float_to_float16(
         model, keep_io_types=True, disable_shape_infer=False,
@@ -60,9 +63,6 @@ def quantize_int4(stage: Staged, dst: Path, *, block_size: int, symmetric: bool,
 
 def _quantize_int4(src: Path, dst: Path, *, block_size: int, symmetric: bool,
                    accuracy_level: int | None, include_gather: bool, exclude: list[str]) -> None:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     model = onnx.load(str(src))
     gemm_to_matmul(model)
     ops = ("MatMul", "Gather") if include_gather else ("MatMul",)
@@ -77,9 +77,6 @@ def _quantize_int4(src: Path, dst: Path, *, block_size: int, symmetric: bool,
 def gemm_to_matmul(model) -> int:
     """Rewrite Gemm(A, B const, C) with alpha=beta=1, transA=0 as MatMul(A, B') + C, in place.
     MatMulNBits only replaces MatMul, and torch.nn.Linear exports as Gemm. Returns how many."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     replaced = []

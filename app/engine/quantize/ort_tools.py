@@ -23,9 +23,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+from onnx import version_converter
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.registry import IntegerOpsRegistry
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
 from app.engine.runtime.isolate import DEFAULT_DEADLINE_S, error_name, run_bounded
 from app.engine.errors import StepTimeout, TechniqueError, UnsupportedModel
 from app.engine.runtime.sessions import short_reason
+from app.engine.quantize.fast_weights import vectorized_per_channel
 
 
 @dataclass
@@ -69,8 +76,6 @@ def staged(src: Path, workdir: Path, *, preprocess: bool, min_opset: int,
 
 def default_dynamic_op_types() -> list[str]:
     """What quantize_dynamic quantizes when given no op types (this onnxruntime's registry)."""
-    from onnxruntime.quantization.registry import IntegerOpsRegistry
-
     return list(IntegerOpsRegistry)
 
 
@@ -93,10 +98,6 @@ def dynamic(stage: Staged, dst: Path, *, op_types: list[str] | None, per_channel
 def _quantize_dynamic(src: Path, dst: Path, *, op_types: list[str] | None, per_channel: bool,
                       reduce_range: bool, exclude: list[str], only: list[str] | None,
                       weight_type: str) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from app.engine.quantize.fast_weights import vectorized_per_channel
-
     with vectorized_per_channel():
         quantize_dynamic(src, dst, op_types_to_quantize=_without_standard_namesakes(src, op_types),
                          per_channel=per_channel, reduce_range=reduce_range, nodes_to_exclude=exclude,
@@ -112,8 +113,6 @@ CONTRIB_OPS = frozenset({"Attention", "EmbedLayerNormalization"})
 def _without_standard_namesakes(src: Path, op_types: list[str] | None) -> list[str] | None:
     """``op_types`` (None: the registry's) less the contrib op types this graph only has as
     standard ONNX ops: the dynamo exporter's Attention became an invalid QAttention."""
-    import onnx
-
     graph = onnx.load(str(src), load_external_data=False).graph
     standard = {n.op_type for n in graph.node
                 if n.op_type in CONTRIB_OPS and n.domain != "com.microsoft"}
@@ -151,8 +150,6 @@ def needs_graph_optimisation(path: Path) -> str | None:
     BatchNormalization to fold. Measured on the TorchScript MiniLM after normalisation: with and
     without it, dynamic per-channel quantization gives the same 36 MatMulInteger, outputs equal
     to the last bit and the same speed; it cost 1.2 s of a 7 s search."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     if any(n.op_type == "BatchNormalization" for n in graph.node):
         return "BatchNormalization to fold"
@@ -171,8 +168,6 @@ def needs_graph_optimisation(path: Path) -> str | None:
 
 
 def model_opset(path: Path) -> int:
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
@@ -201,9 +196,6 @@ def _ensure_opset(stage: Staged, minimum: int) -> tuple[Path, dict]:
 
 def convert_opset(src: Path, dst: Path, opset: int) -> None:
     """onnx's version converter, checked (run it through ``run_bounded``)."""
-    import onnx
-    from onnx import version_converter
-
     model = version_converter.convert_version(onnx.load(str(src)), opset)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
@@ -223,8 +215,6 @@ def _preprocess(stage: Staged, shapes: bool = True) -> tuple[Path, str]:
     inference is most of it), the same 36 MatMulInteger and 24 DynamicQuantizeLinear after
     dynamic quantization, the same outputs (mean cosine 0.99008 at batch 1, 0.99241 at 32)
     and the same speed once both are stripped of value_info."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     out = stage.scratch / "preprocessed.onnx"
     # auto_merge: symbolic shape inference otherwise fails on transformers (measured here).
     attempts = ((("full", {"auto_merge": True}),

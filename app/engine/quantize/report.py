@@ -20,6 +20,11 @@ from app.engine.measure.stats import tail_flag
 from app.engine.quantize.params import QuantParams
 from app.engine.base import Context
 from app.engine.reports import SCHEMA_VERSION, checked
+from app.engine.quantize.analysis import (node_summary, op_counts, qdq_compute, runtime_op_counts,
+                                          saturation_note, verdict)
+from app.engine.runtime.environment import describe_environment
+from app.engine.runtime.model_info import inspect_onnx
+from app.engine.runtime.sessions import providers_for
 
 
 def evaluate_result(ctx: Context, params: QuantParams, output: Path, feeds: FeedSource,
@@ -115,12 +120,6 @@ def build_report(ctx: Context, params: QuantParams, *, technique: str, output: P
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure (unless ``evaluation``/``grid`` were measured already, e.g. by quantize.auto
     with labels "parent"/"result") and assemble the report."""
-    from app.engine.runtime.environment import describe_environment
-    from app.engine.runtime.model_info import inspect_onnx
-    from app.engine.quantize.analysis import (node_summary, op_counts, qdq_compute,
-                                           runtime_op_counts, saturation_note, verdict)
-    from app.engine.runtime.sessions import providers_for
-
     feeds = feeds or FeedSource(params, ctx.dataset_path)
     if evaluation is None:
         evaluation = evaluate_result(ctx, params, output, feeds)

@@ -25,9 +25,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from app.engine.data.feeds import FeedSource
 from app.engine.base import Context
 from app.engine.errors import ToleranceNotMet, UnsupportedModel
+from app.engine.data.datasets import load_labels
+from app.engine.measure.latency import measure_grid
+from app.engine.measure.stats import median, median_ci
+from app.engine.quantize import calibration as ort_static, ort_tools as ort_quant
+from app.engine.quantize.analysis import op_counts
+from app.engine.quantize.exclusions import nothing_to_quantize, resolve_exclusions, weighted_nodes
+from app.engine.quantize.sensitivity import Scorer, fewest_float_layers, layer_sensitivity
+from app.engine.runtime.attention import fuse_attention_file
+from app.engine.runtime.inputs import batch_conflict, input_specs
+from app.engine.runtime.sessions import create_session
 
 LAYER_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention")
 # Expected speed of a mode, higher is faster. Static integer kernels need no per-call
@@ -74,15 +86,6 @@ def plan(modes: list[str], per_channel: list[bool], has_conv: bool,
 def search(ctx: Context, params: Any, scratch: Path, reference: Path | None = None) -> dict[str, Any]:
     """Quantize ``ctx.model_path``; candidates are scored and timed against ``reference``
     (default: the same model; quantize.auto's pruning passes the unpruned original)."""
-    from app.engine.quantize import calibration as ort_static, ort_tools as ort_quant
-    from app.engine.data.datasets import load_labels
-    from app.engine.runtime.inputs import input_specs
-    from app.engine.quantize.exclusions import nothing_to_quantize, resolve_exclusions, weighted_nodes
-    from app.engine.quantize.analysis import op_counts
-    from app.engine.runtime.attention import fuse_attention_file
-    from app.engine.quantize.sensitivity import Scorer, fewest_float_layers, layer_sensitivity
-    from app.engine.runtime.sessions import create_session
-
     phase = Phases()
     with phase("prepare"):
         feeds = FeedSource(params, ctx.dataset_path)
@@ -296,8 +299,6 @@ def without_shape_hints(path: Path) -> Path:
     faster. Earlier versions built both forms and raced them: the bare one won every race
     measured (MiniLM, digits CNN, two sessions), so the search now builds only the bare form and
     spends that time nowhere. onnxruntime infers the shapes at load either way."""
-    import onnx
-
     model = onnx.load(str(path))
     if len(model.graph.value_info):
         del model.graph.value_info[:]
@@ -317,8 +318,6 @@ def time_and_choose(parent: Path, finalists: list[dict], params: Any, feeds: Fee
     Every extra model in the grid's rounds costs as much as its share at every point (on
     MiniLM at batch 32, a finalist's is a third of the parent's), the race only at the
     cheapest point. Returns (grid, chosen, why); the grid's ``timing`` has the race's rounds."""
-    from app.engine.runtime.inputs import batch_conflict
-
     race = None
     if len(finalists) > 1:
         fits = [b for b in params.batch_sizes if not batch_conflict(specs, b)] or params.batch_sizes
@@ -344,8 +343,6 @@ def choose(finalists: list[dict], grid: dict) -> tuple[dict, str]:
     """The first finalist (fastest expected), unless another was measured faster than it at
     every point: the 95% interval of the per-round ratio (other / first, rounds aligned: both
     ran in the same rounds) above 1. One noisy timing cannot overturn the expectation."""
-    from app.engine.measure.stats import median, median_ci
-
     chosen = finalists[0]
     why = ("the only finalist (the others failed the tolerance or were skipped)"
            if len(finalists) == 1 else
@@ -373,8 +370,6 @@ def time_finalists(models: dict[str, Path], params: Any, feeds: FeedSource, ctx:
     median of its per-round ratios to the reference, with interval and verdict. Each model's
     point also gets ``speedup``, ``round_speedups`` and ``rounds`` at top level; the grid gets
     ``timing``."""
-    from app.engine.measure.latency import measure_grid
-
     grid = measure_grid(models, params, feeds, device=ctx.device, progress=ctx.progress, span=span,
                         what=feeds.what)
     for point in grid["points"]:

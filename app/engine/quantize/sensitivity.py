@@ -12,8 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.engine.base import Device, ProgressFn
 from app.engine.errors import DatasetMismatch
+from app.engine.data.datasets import load_labels
+from app.engine.measure.accuracy import Scores, accuracy_drop, resolve_task
+from app.engine.measure.fidelity import FidelityAccumulator
+from app.engine.quantize.report import judge
+from app.engine.runtime.inputs import input_specs
+from app.engine.runtime.sessions import create_session, run_session
 
 # More layers than this are scored in groups of consecutive layers: each score is one run of
 # onnxruntime's quantizer (~2 s on MiniLM, most of it loading, shape inference and saving the
@@ -29,13 +37,6 @@ class Scorer:
                  threads: int, device: Device, task: str, tolerance: dict,
                  session: Any = None) -> None:
         """``session``: the parent's, already open with these threads and device."""
-        import numpy as np
-
-        from app.engine.data.datasets import load_labels
-        from app.engine.measure.accuracy import resolve_task
-        from app.engine.runtime.inputs import input_specs
-        from app.engine.runtime.sessions import create_session, run_session
-
         self.threads, self.device, self.what = threads, device, feeds.what
         session = session or create_session(parent, threads, device)[0]
         specs = input_specs(session)
@@ -68,8 +69,6 @@ class Scorer:
             else tolerance
 
     def _scores(self, outputs: list, count: int) -> dict:
-        from app.engine.measure.accuracy import Scores
-
         scores = Scores(self.task)
         for (_, _, labels, _), out in zip(self.batches[:count], outputs, strict=True):
             scores.add(out[0], labels, self.names[0])
@@ -92,10 +91,6 @@ class Scorer:
 
     def evaluate(self, path: Path, samples: int | None = None) -> dict[str, Any]:
         """``path`` against the parent on the cached samples, in compare_models' shape."""
-        from app.engine.measure.accuracy import accuracy_drop
-        from app.engine.measure.fidelity import FidelityAccumulator
-        from app.engine.runtime.sessions import create_session, run_session
-
         count = self._count(samples)
         session, _ = create_session(path, self.threads, self.device)
         acc = FidelityAccumulator(self.names)
@@ -120,8 +115,6 @@ class Scorer:
 
     def figures(self, evaluation: dict[str, Any]) -> dict[str, Any]:
         """A candidates-table row's figures, judged by the report's tolerance rule."""
-        from app.engine.quantize.report import judge
-
         verdict = judge(self.tolerance, evaluation)
         cosine = verdict["mean_cosine"]
         out: dict[str, Any] = {

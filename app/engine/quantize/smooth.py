@@ -18,9 +18,17 @@ numpy and onnx at module top only through the functions (the API imports techniq
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
 
 SMOOTH_OPS = ("MatMul",)
 MIN_FACTOR, MAX_FACTOR = 1e-4, 1e4
@@ -50,10 +58,6 @@ def tensor_stats(path: Path | str, tensors: Sequence[str], feeds: Iterable[Mappi
     """Over every feed: each of ``tensors``' min and max (scalars) and, for ``per_channel``, the
     max |x| per last-axis channel. Rows of [batch, sequence, ...] tensors at positions where
     the feed's ``mask`` input is 0 (padding) are left out."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-
     model = onnx.load(str(path))
     known = {o.name for o in model.graph.output}
     given = {i.name for i in model.graph.input}
@@ -95,8 +99,6 @@ def tensor_stats(path: Path | str, tensors: Sequence[str], feeds: Iterable[Mappi
 def factors(absmax: Any, weights: Sequence[Any], alpha: float) -> Any:
     """SmoothQuant's per-input-channel s = max|x|^alpha / max|w|^(1-alpha), the weight max
     taken over every [K, N] weight reading the activation; 1 where either is 0."""
-    import numpy as np
-
     x = np.asarray(absmax, np.float64)
     w = np.max([np.abs(w).max(1) for w in weights], axis=0).astype(np.float64)
     s = np.where((x > 0) & (w > 0), np.power(np.maximum(x, 1e-12), alpha) /
@@ -109,10 +111,6 @@ def smooth(model: Any, absmax: Mapping[str, Any], alpha: float) -> list[str]:
     |x|, see ``tensor_stats``) read by MatMuls with constant weights, scale the weights' rows
     by s and the activation by 1/s (folded into a LayerNorm, or a new Mul). Returns the
     smoothed activation names. The float model computes the same function, up to rounding."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
     groups = smoothable(model)
     inits = {i.name: i for i in model.graph.initializer}
     uses: dict[str, int] = {}
@@ -163,8 +161,6 @@ def smooth(model: Any, absmax: Mapping[str, Any], alpha: float) -> list[str]:
 
 def float_tensors(model: Any) -> list[str]:
     """Every float activation (graph inputs and node outputs) of ``model``, by shape inference."""
-    import onnx
-
     inferred = onnx.shape_inference.infer_shapes(model)
     typed = {v.name: v.type.tensor_type.elem_type for v in
              [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
@@ -177,10 +173,6 @@ def float_tensors(model: Any) -> list[str]:
 def write_ranges(stats: Mapping[str, Mapping[str, Any]], cache: Path, max_magnitude: float = 1e30) -> list[str]:
     """onnxruntime's MinMax calibration cache from ``tensor_stats``; returns the tensors whose
     values reached ``max_magnitude`` (attention-mask "minus infinity"), their range clipped."""
-    import numpy as np
-    from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorData, TensorsData,
-                                                    save_tensors_data)
-
     data, masked = {}, []
     for name, s in stats.items():
         low, high = min(s["min"], 0.0), max(s["max"], 0.0)
@@ -202,11 +194,6 @@ def static_w8a8(src: Path | str, dst: Path | str, feeds: Sequence[Mapping[str, A
     with ``mask_padding``, padding positions (attention mask 0) do not set activation ranges.
     ``feeds`` are the calibration batches. Nodes touching attention-mask "minus infinity"
     values stay float. Returns what was done (smoothed tensors, float nodes)."""
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
     model = onnx.load(str(src))
     mask = mask_input(model) if mask_padding else None
     feeds = list(feeds)
@@ -257,8 +244,6 @@ def integer_w8a8(src: Path | str, dst: Path | str, feeds: Sequence[Mapping[str, 
     keeps no shape annotations (``value_info``): with them onnxruntime fuses Add+LayerNorm
     into SkipLayerNormalization, measured slower on this x86 host (see
     benchmarks/minilm_levers.py). Returns what was done."""
-    import numpy as np
-    import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(src))

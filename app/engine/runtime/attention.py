@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from app.engine.runtime.normalize import drop_dead
@@ -337,8 +338,6 @@ def fuse_attention_file(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]
     """Fuse ``src`` into ``dst`` and check it on ``feeds`` against ``src`` with onnxruntime.
     Returns {"fused": n, "max_abs_diff": d} when the fused graph was written, or
     {"fused": 0, "reason": ...} when nothing matched or the check failed (``dst`` not written)."""
-    import onnxruntime as ort
-
     model = onnx.load(str(src))
     count = fuse_attention(model)
     if not count:

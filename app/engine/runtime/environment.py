@@ -11,13 +11,13 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy
+import onnx
+import onnxruntime
+
 
 def describe_environment() -> dict[str, Any]:
     """JSON-ready description of this machine and the inference stack."""
-    import numpy
-    import onnx
-    import onnxruntime
-
     return {
         **_static(),
         "onnxruntime": onnxruntime.__version__,

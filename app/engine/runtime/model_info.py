@@ -78,7 +78,7 @@ def check_graph_size(model: onnx.ModelProto, *, max_nodes: int | None,
     of nested If kept onnxruntime's shape inference busy for hours; torch exports nest 0-2
     deep. Iterative, and stops at the first limit, so the check itself stays cheap."""
     nodes, deepest = 0, 0
-    stack: list[tuple[GraphProto | onnx.FunctionProto, int]] = [(model.graph, 0)]
+    stack: list[tuple[onnx.GraphProto | onnx.FunctionProto, int]] = [(model.graph, 0)]
     stack += [(f, 0) for f in model.functions]
     while stack:
         graph, depth = stack.pop()

@@ -18,6 +18,7 @@ import ctypes
 import os
 import pwd
 import sys
+import tempfile
 from pathlib import Path
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
@@ -111,7 +112,6 @@ def confine(writable: Path) -> dict[str, object]:
     os.chdir(writable)
     # Libraries that cache to $HOME or $TMPDIR write into the job's folder, nowhere else.
     os.environ.update(HOME=str(writable), TMPDIR=str(writable), XDG_CACHE_HOME=str(writable))
-    import tempfile
 
     tempfile.tempdir = None  # recomputed from TMPDIR
     return applied

@@ -128,12 +128,12 @@ def test_gated_ffn_prunes_both_up_projections(tmp_path):
 
 def test_pruning_succeeds_without_recovery_when_torch_cannot_take_the_graph(
         bert, make_ctx, tmp_path, monkeypatch):
-    from app.engine.pytorch import loading
+    from app.engine.prune import ffn_recovery
 
     def refuse(*_a, **_k):
         raise UnsupportedModel("Converter is not implemented (Frobnicate)")
 
-    monkeypatch.setattr(loading, "onnx_to_torch", refuse)
+    monkeypatch.setattr(ffn_recovery, "onnx_to_torch", refuse)  # where recovery looks it up
     params = PruneStructuredParams(ratio=0.5, fine_tune={"epochs": 1, "lr": 1e-3}, **MEASURE)
     report = PruneStructured().run(make_ctx(bert, params, dataset=_dataset(
         tmp_path / "d.npz", 32, seed=1))).report
