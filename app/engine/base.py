@@ -106,6 +106,12 @@ class Technique:
     # the worker loads that job's params and report for it.
     needs_source: ClassVar[bool] = False
 
+    @classmethod
+    def trains_on_dataset(cls, params: Params) -> bool:
+        """Whether a run with ``params`` trains on the job's dataset (a pipeline's end-to-end
+        accuracy on that dataset is then optimistic, and its report says so)."""
+        return False
+
     def run(self, ctx: Context) -> Result:  # pragma: no cover - interface
         raise NotImplementedError
 

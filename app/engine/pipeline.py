@@ -211,8 +211,7 @@ def run(plan: list[Step], ctx: Context, workdir: Path, progress: Callable[[float
 
         progress(0.995, "end to end: job input vs final output")
         quiet = replace(ctx, progress=lambda fraction, stage: None)
-        trained = [step.name for step in plan if getattr(step.params, "fine_tune", None) is not None
-                   or step.name == "distill" or getattr(step.params, "prune_ratios", None)]
+        trained = [step.name for step in plan if step.technique.trains_on_dataset(step.params)]
         try:
             results[-1].end_to_end = end_to_end(quiet, first_path, producers[-1][1].output_path,
                                                 producers[-1][0].params, trained)

@@ -91,3 +91,13 @@ def test_a_failed_end_to_end_measurement_does_not_fail_the_job(cnn, tmp_path, mo
     assert set(report["end_to_end"]) == {"summary"}
     html, _ = render(report, job={**JOB, "technique": "pipeline"})
     assert "not measured end to end" in html
+
+
+def test_each_technique_says_when_it_trains_on_the_dataset():
+    from app.engine.catalog import all_techniques, get
+
+    training = {n for n, t in all_techniques().items() if not t.Params.model_json_schema().get("required")
+                 and t.trains_on_dataset(t.Params())}
+    assert training == {"distill"}  # with default params only distillation trains
+    assert get("prune.structured").trains_on_dataset(get("prune.structured").Params(fine_tune={"epochs": 1}))
+    assert get("quantize.auto").trains_on_dataset(get("quantize.auto").Params(prune_ratios=[0.3]))

@@ -79,6 +79,10 @@ class PruneStructured(Technique):
     needs_dataset = False  # only fine_tune needs one; run() says so with advice
     produces_model = True
 
+    @classmethod
+    def trains_on_dataset(cls, params: PruneStructuredParams) -> bool:
+        return params.fine_tune is not None
+
     def run(self, ctx: Context) -> Result:
         import copy
 

@@ -72,6 +72,10 @@ class Distill(Technique):
     produces_model = True
     model_params = ("student_model_id",)
 
+    @classmethod
+    def trains_on_dataset(cls, params: DistillParams) -> bool:
+        return True
+
     def run(self, ctx: Context) -> Result:
         import torch
 

@@ -130,6 +130,10 @@ class QuantizeAuto(Technique):
     needs_dataset = True
     produces_model = True
 
+    @classmethod
+    def trains_on_dataset(cls, params: QuantizeAutoParams) -> bool:
+        return bool(params.prune_ratios)  # recovery training of the pruning candidates
+
     def run(self, ctx: Context) -> Result:
         import shutil
         import tempfile
